@@ -1,0 +1,1 @@
+"""Built-in anombench plugins; each module registers through the entry-point group ``anombench``."""

@@ -1,0 +1,1 @@
+"""The layer-ensemble ablation of Table I as a method plugin."""

@@ -1,0 +1,1 @@
+"""Pixel AUROC, PRO, image AUROC and resource metrics as metric plugins."""

@@ -1,0 +1,1 @@
+"""MVTec AD and Rd-MVTec AD as dataset plugins."""

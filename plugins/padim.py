@@ -1,0 +1,1 @@
+"""PaDiM (Defard et al. 2020) as a method plugin."""

@@ -1,0 +1,1 @@
+"""ShanghaiTech Campus as a dataset plugin."""

@@ -1,0 +1,1 @@
+"""Synthetic MVTec-like dataset plugin."""

@@ -1,0 +1,1 @@
+"""The VAE baseline of the PaDiM paper as a method plugin."""
