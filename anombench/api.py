@@ -44,6 +44,9 @@ class Batch:
     def __len__(self) -> int:
         return len(self.ids)
 
+    def slice(self, start: int, stop: int) -> "Batch":
+        return Batch(self.images[start:stop], self.masks[start:stop], self.labels[start:stop], self.ids[start:stop])
+
 
 def collate(samples: list[Sample]) -> Batch:
     """Stack samples into a Batch; used as the DataLoader collate_fn by the runner."""
@@ -122,6 +125,14 @@ class SharesFeatures(Protocol):
     def fit_end(self) -> None: ...
 
     def score_features(self, features: Any, batch: Batch) -> Scores: ...
+
+
+SHARED_HOOKS = ("feature_key", "extract", "fit_begin", "fit_step", "fit_end", "score_features")
+
+
+def shares_features(method: object) -> bool:
+    """Whether a method offers every SharesFeatures hook (it then can join a shared-extraction group)."""
+    return all(callable(getattr(method, hook, None)) for hook in SHARED_HOOKS)
 
 
 class ModelSize(Protocol):

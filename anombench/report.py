@@ -1,0 +1,55 @@
+"""``anombench report``: a run's tables and provenance as markdown (written into the run after every cell too)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+
+from anombench.results import load_cells, load_provenance, write_atomic
+from anombench.suite import table_of
+from anombench.tables import long_table, render_markdown
+
+
+def failed_cells(cells) -> list[str]:
+    failed = cells[cells["status"] != "ok"]
+    return [f"{row.cell} ({row.error})" for row in failed.itertuples()]
+
+
+def tables_markdown(run_dir: str | Path) -> tuple[str, object]:
+    """The run's table in markdown and its long frame (numbers in display units)."""
+    run_dir = Path(run_dir)
+    doc = yaml.safe_load((run_dir / "suite.yaml").read_text())
+    spec, reference = table_of(doc, str(run_dir / "suite.yaml"))
+    cells = load_cells(run_dir)
+    long = long_table(cells, spec, reference)
+    return render_markdown(long, spec, reference, failed_cells(cells)), long
+
+
+def write_tables(run_dir: str | Path) -> None:
+    """Refresh table.md and table.csv of a run (called after each finished cell, so partial runs show progress)."""
+    run_dir = Path(run_dir)
+    markdown, long = tables_markdown(run_dir)
+    write_atomic(run_dir / "table.md", markdown)
+    write_atomic(run_dir / "table.csv", long.to_csv(index=False))
+
+
+def provenance_markdown(run_dir: str | Path) -> str:
+    info = load_provenance(run_dir)
+    keys = ("suite", "anombench_version", "git_commit", "device", "gpu", "cpu", "threads", "seeds", "batch_size",
+            "started_at", "suite_sha256", "command")
+    lines = [f"- **{key}**: {info[key]}" for key in keys if info.get(key) not in (None, "")]
+    versions = ", ".join(f"{name} {version}" for name, version in sorted((info.get("versions") or {}).items()))
+    if versions:
+        lines.append(f"- **versions**: {versions}")
+    return "\n".join(lines)
+
+
+def report_markdown(run_dir: str | Path) -> str:
+    run_dir = Path(run_dir)
+    doc = yaml.safe_load((run_dir / "suite.yaml").read_text())
+    markdown, _ = tables_markdown(run_dir)
+    title = f"# {doc.get('name', run_dir.name)}"
+    description = str(doc.get("description") or "").strip()
+    parts = [title, description, markdown, "## Provenance", provenance_markdown(run_dir)]
+    return "\n\n".join(p for p in parts if p) + "\n"

@@ -1,0 +1,87 @@
+"""Measuring what a cell costs: wall time and peak memory (process RSS sampled in a thread, CUDA peak).
+
+Why sampling: ru_maxrss is a lifetime maximum and cannot be reset between cells of one process, so a thread
+samples the RSS of the process and its DataLoader workers every few milliseconds while a cell runs.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import gc
+import threading
+import time
+from dataclasses import dataclass
+
+import psutil
+import torch
+
+GB = 1e9
+
+
+def rss_bytes(process: psutil.Process) -> int:
+    """Resident memory of a process and its children (DataLoader workers are part of the cost)."""
+    total = process.memory_info().rss
+    for child in process.children(recursive=True):
+        try:
+            total += child.memory_info().rss
+        except psutil.Error:
+            continue
+    return total
+
+
+class PeakMemory:
+    """Context manager: the peak RSS (bytes) seen while the block ran, and the CUDA peak when on a GPU."""
+
+    def __init__(self, device: str, interval: float = 0.01) -> None:
+        self.device, self.interval = device, interval
+        self.peak_rss = 0
+        self.start_rss = 0
+        self.peak_cuda = float("nan")
+        self._stop = threading.Event()
+        self._process = psutil.Process()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def _sample(self) -> None:
+        while not self._stop.is_set():
+            self.peak_rss = max(self.peak_rss, rss_bytes(self._process))
+            self._stop.wait(self.interval)
+
+    def __enter__(self) -> "PeakMemory":
+        self.start_rss = self.peak_rss = rss_bytes(self._process)
+        if self.device.startswith("cuda"):
+            torch.cuda.reset_peak_memory_stats()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak_rss = max(self.peak_rss, rss_bytes(self._process))
+        if self.device.startswith("cuda"):
+            self.peak_cuda = float(torch.cuda.max_memory_allocated())
+
+
+@dataclass
+class Stopwatch:
+    """Accumulates wall time over several timed blocks (``with watch: ...``)."""
+
+    seconds: float = 0.0
+    _start: float = 0.0
+
+    def __enter__(self) -> "Stopwatch":
+        self._start = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.seconds += time.perf_counter() - self._start
+
+
+def release_memory() -> None:
+    """Return freed memory to the OS between cells so the next cell's RSS is not inflated by the last one."""
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: nothing to trim
+        pass
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()

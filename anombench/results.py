@@ -1,0 +1,101 @@
+"""The result store: one run directory, written cell by cell so a run that dies keeps every finished cell.
+
+Layout of a run directory::
+
+    cells.jsonl      one JSON object per finished cell (ok or failed), replaced atomically after each cell
+    run.json         provenance: versions, git commit, machine, threads, device, suite hash, command line
+    suite.yaml       the suite as run (after --set / --data overrides)
+    table.csv/.md    the rendered table (rewritten after each cell, so a partial run still shows its progress)
+
+Atomicity: every file is written to a temporary sibling, fsynced and renamed over the old one; a SIGKILL at any
+moment leaves either the old or the new file, never a torn one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from anombench.errors import UserError
+
+CELLS = "cells.jsonl"
+PROVENANCE = "run.json"
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Replace ``path`` with ``text`` so that readers see the old or the new content, never a mix."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+class RunStore:
+    """The cells of one run, keyed by cell id; the last record of a cell wins (a resumed retry replaces a failure)."""
+
+    def __init__(self, directory: str | Path) -> None:
+        self.directory = Path(directory)
+        self.records: dict[str, dict[str, Any]] = {}
+        cells = self.directory / CELLS
+        if cells.exists():
+            for number, line in enumerate(cells.read_text().splitlines(), 1):
+                if not line.strip():
+                    continue
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError:
+                    raise UserError(f"{cells}:{number}: not a JSON line; the run directory is damaged") from None
+                self.records[record["cell"]] = record
+
+    def finished(self) -> set[str]:
+        """Ids of cells that completed successfully (failed cells are retried on --resume)."""
+        return {cell for cell, record in self.records.items() if record.get("status") == "ok"}
+
+    def add(self, record: dict[str, Any]) -> None:
+        self.records[record["cell"]] = record
+        lines = "".join(json.dumps(r, sort_keys=True, allow_nan=True) + "\n" for r in self.records.values())
+        write_atomic(self.directory / CELLS, lines)
+
+
+def write_json(path: Path, data: dict[str, Any]) -> None:
+    write_atomic(path, json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
+
+
+def load_cells(directory: str | Path) -> pd.DataFrame:
+    """One row per cell: method, dataset, category, group, seed, status, error, and one column per metric."""
+    directory = Path(directory)
+    if not (directory / CELLS).exists():
+        raise UserError(f"{directory}: not a run directory (no {CELLS})")
+    rows = []
+    for record in RunStore(directory).records.values():
+        row = {key: record.get(key) for key in ("cell", "method", "plugin", "dataset", "category", "group", "seed",
+                                                 "status", "error")}
+        row.update(record.get("metrics") or {})
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def load_provenance(directory: str | Path) -> dict[str, Any]:
+    path = Path(directory) / PROVENANCE
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def latest_run(root: str | Path) -> Path:
+    """The most recent run directory under ``root`` (directories are named by UTC timestamp)."""
+    root = Path(root)
+    runs = sorted(p.parent for p in root.glob(f"**/{CELLS}"))
+    if not runs:
+        raise UserError(f"no runs found under {root}; run `anombench run SUITE` first or name a run directory")
+    return max(runs, key=lambda p: (p / CELLS).stat().st_mtime)

@@ -1,0 +1,143 @@
+"""From stored cells to paper-layout tables: per class, textures / objects / all means, ours beside the paper.
+
+The long frame (``long_table``) is the source of truth: one row per (method, category-or-aggregate, metric) with
+``ours``, ``paper`` and ``diff`` columns, so CSV readers and ``compare`` need no parsing of formatted cells.
+``render_markdown`` lays it out as the paper does: a cell holds one figure or a tuple such as "(98.1, 93.9)".
+
+Reference figures in a suite::
+
+    reference:
+      source: "Defard et al. 2020, Table III"
+      values:                       # our method variants: category or aggregate -> figure(s) as printed
+        padim-r18-rd100: {bottle: [98.1, 93.9], all: [97.5, 92.1]}
+      only:                         # methods quoted by the paper that nobody here implements
+        AE-SSIM: {bottle: [93.0, 83.4]}
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import pandas as pd
+
+from anombench.suite import TableSpec
+
+AGGREGATE_GROUPS = {"textures": ("texture",), "objects": ("object",), "all": ("texture", "object", "other")}
+REFERENCE_KEYS = ("source", "values", "only")
+
+
+def mean_over_seeds(cells: pd.DataFrame, metrics: list[str]) -> pd.DataFrame:
+    """Successful cells averaged over seeds (Rd-MVTec AD reports the mean of five): one row per
+    (method, dataset, category, group)."""
+    ok = cells[cells["status"] == "ok"]
+    present = [m for m in metrics if m in ok.columns]
+    if ok.empty or not present:
+        return pd.DataFrame(columns=["method", "dataset", "category", "group", *metrics])
+    means = ok.groupby(["method", "dataset", "category", "group"], sort=False)[present].mean().reset_index()
+    return means.reindex(columns=["method", "dataset", "category", "group", *metrics])
+
+
+def with_aggregates(per_class: pd.DataFrame, metrics: list[str], aggregates: list[str]) -> pd.DataFrame:
+    """Append the paper's group means (textures, objects, all) as extra 'category' rows per method and dataset.
+    An aggregate is only shown where every class it covers is present, so a partial run never shows a mean
+    that looks complete."""
+    rows = [per_class]
+    for name in aggregates:
+        members = per_class[per_class["group"].isin(AGGREGATE_GROUPS[name])]
+        if members.empty:
+            continue
+        means = members.groupby(["method", "dataset"], sort=False)[metrics].mean().reset_index()
+        means["category"], means["group"] = name, "aggregate"
+        rows.append(means)
+    return pd.concat(rows, ignore_index=True)
+
+
+def _as_list(value: Any) -> list[float]:
+    if isinstance(value, (list, tuple)):
+        return [float("nan") if v is None else float(v) for v in value]
+    return [float("nan") if value is None else float(value)]
+
+
+def long_table(cells: pd.DataFrame, spec: TableSpec, reference: dict[str, Any]) -> pd.DataFrame:
+    """method, category, metric, ours, paper, diff, in display units (percent when ``spec.percent``)."""
+    scale = 100.0 if spec.percent else 1.0
+    per_class = with_aggregates(mean_over_seeds(cells, spec.cell), spec.cell, spec.aggregates)
+    values = reference.get("values") or {}
+    rows = []
+    for record in per_class.to_dict("records"):
+        paper = _as_list((values.get(record["method"]) or {}).get(record["category"]))
+        for k, metric in enumerate(spec.cell):
+            ours = record[metric] * scale if record[metric] is not None else float("nan")
+            ref = paper[k] if k < len(paper) else float("nan")
+            rows.append({"method": record["method"], "dataset": record["dataset"], "category": record["category"],
+                         "metric": metric, "ours": ours, "paper": ref, "diff": ours - ref, "reference_only": False})
+    for method, per_category in (reference.get("only") or {}).items():
+        for category, figures in per_category.items():
+            for metric, ref in zip(spec.cell, _as_list(figures)):
+                rows.append({"method": method, "dataset": "", "category": category, "metric": metric,
+                             "ours": float("nan"), "paper": ref, "diff": float("nan"), "reference_only": True})
+    return pd.DataFrame(rows, columns=["method", "dataset", "category", "metric", "ours", "paper", "diff",
+                                       "reference_only"])
+
+
+def _fmt(values: list[float], percent: bool, signed: bool = False) -> str:
+    """One figure, or a tuple of figures as the paper prints them: "(98.1, 93.9)"; missing figures are '-'."""
+    digits = 1 if percent else 3
+    texts = ["-" if math.isnan(v) else (f"{v:+.{digits}f}" if signed else f"{v:.{digits}f}") for v in values]
+    if all(t == "-" for t in texts):
+        return ""
+    return texts[0] if len(texts) == 1 else "(" + ", ".join(texts) + ")"
+
+
+def _ordered(items: pd.Series) -> list[str]:
+    seen: list[str] = []
+    for item in items:
+        if item not in seen:
+            seen.append(item)
+    aggregates = [a for a in AGGREGATE_GROUPS if a in seen]
+    return [s for s in seen if s not in AGGREGATE_GROUPS] + aggregates
+
+
+def wide_table(long: pd.DataFrame, spec: TableSpec) -> pd.DataFrame:
+    """The paper's layout as a frame of strings: per method an 'ours' column, and where the paper has figures,
+    'paper' and 'diff' columns beside it; reference-only methods get one 'paper only' column."""
+    if long.empty:
+        return pd.DataFrame()
+    categories, methods = _ordered(long["category"]), _ordered(long["method"])
+    columns: dict[str, dict[str, str]] = {}
+    for method in methods:
+        mine = long[long["method"] == method]
+        only = bool(mine["reference_only"].all())
+        has_paper = bool(mine["paper"].notna().any())
+        for category in categories:
+            figures = mine[mine["category"] == category].set_index("metric").reindex(spec.cell)
+            if only:
+                columns.setdefault(f"{method} (paper only)", {})[category] = _fmt(list(figures["paper"]), spec.percent)
+                continue
+            columns.setdefault(f"{method}", {})[category] = _fmt(list(figures["ours"]), spec.percent)
+            if has_paper:
+                columns.setdefault(f"{method} paper", {})[category] = _fmt(list(figures["paper"]), spec.percent)
+                columns.setdefault(f"{method} diff", {})[category] = _fmt(list(figures["diff"]), spec.percent, True)
+    frame = pd.DataFrame(columns).reindex(categories).fillna("")
+    frame.index.name = "category"
+    return frame.T if spec.rows == "method" else frame
+
+
+def render_markdown(long: pd.DataFrame, spec: TableSpec, reference: dict[str, Any], failed: list[str]) -> str:
+    """The table as markdown, with a caption saying what the figures are, where the paper's come from, and
+    which cells failed."""
+    unit = "%" if spec.percent else "raw units"
+    lines = []
+    if spec.title:
+        lines += [f"### {spec.title}", ""]
+    wide = wide_table(long, spec)
+    lines.append(wide.to_markdown() if not wide.empty else "_no finished cells yet_")
+    lines += ["", f"Cells: {', '.join(spec.cell)} ({unit}); seeds averaged."]
+    if reference.get("source"):
+        lines.append(f"'paper' columns: {reference['source']}; 'diff' = ours - paper.")
+    if spec.note:
+        lines.append(spec.note)
+    if failed:
+        lines.append(f"FAILED cells ({len(failed)}): " + "; ".join(failed))
+    return "\n".join(lines) + "\n"
