@@ -1,1 +1,283 @@
-"""MVTec AD and Rd-MVTec AD as dataset plugins."""
+"""MVTec AD and Rd-MVTec AD as dataset plugins ("mvtec", "rd_mvtec").
+
+Supported layout: the official release (``mvtec_anomaly_detection.tar.xz``, MVTec Software GmbH, CC BY-NC-SA 4.0),
+extracted so that the category folders sit directly in the root::
+
+    <root>/<category>/train/good/000.png
+    <root>/<category>/test/good/000.png                    normal test images (all-zero mask)
+    <root>/<category>/test/<defect>/000.png                anomalous test images
+    <root>/<category>/ground_truth/<defect>/000_mask.png   their masks (0/255; non-zero is anomalous)
+
+Any image resolution is accepted (the release is 700-1024 px; pre-resized copies work too); grey-scale
+categories (grid, screw, zipper) are read as three equal channels.
+
+Preprocessing (the paper's): resize to ``image_size`` x ``image_size`` (bicubic; masks nearest), then a
+centre crop of ``crop_size``. Rd-MVTec AD instead rotates by an angle drawn uniformly in (-10, +10) degrees
+(bilinear; masks nearest) about the centre of the resized image, filling the uncovered corners with 0 (black;
+mask 0 = normal), then crops ``crop_size`` at a random position. Both draws come from a hash of
+(seed, category, split, image id), never from a global RNG, so seed s gives the same dataset in every run,
+whatever the loader's worker count or order.
+
+Bad data, decided per case: a missing root or category, an empty train folder, a defect image without its
+mask and a mask whose size differs from its image are one-line errors when the split is built; an unreadable
+or truncated image is a one-line error when it is loaded, naming the file; stray files (.DS_Store, Thumbs.db,
+notes) are skipped with a log line.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from anombench import hookimpl
+from anombench.api import Group
+from anombench.errors import UserError
+from anombench.hookspecs import Register
+from anombench_plugins.datafetch import fetch_archive
+from anombench_plugins.imagefiles import (
+    FileSplit,
+    MaskFile,
+    PairTransform,
+    Record,
+    ResizeCrop,
+    check_sizes,
+    crop_pair,
+    image_size,
+    list_images,
+    list_subfolders,
+    resize_pair,
+    resolve_root,
+    size_text,
+)
+
+log = logging.getLogger("anombench.data")
+
+TEXTURES = ("carpet", "grid", "leather", "tile", "wood")
+OBJECTS = ("bottle", "cable", "capsule", "hazelnut", "metal_nut", "pill", "screw", "toothbrush", "transistor", "zipper")
+CATEGORIES = TEXTURES + OBJECTS  # the order of the paper's tables
+
+# (train good, test good, test defective) per category in the official release; each defective image has a mask.
+OFFICIAL_COUNTS: dict[str, tuple[int, int, int]] = {
+    "carpet": (280, 28, 89), "grid": (264, 21, 57), "leather": (245, 32, 92), "tile": (230, 33, 84),
+    "wood": (247, 19, 60), "bottle": (209, 20, 63), "cable": (224, 58, 92), "capsule": (219, 23, 109),
+    "hazelnut": (391, 40, 70), "metal_nut": (220, 22, 93), "pill": (267, 26, 141), "screw": (320, 41, 119),
+    "toothbrush": (60, 12, 30), "transistor": (213, 60, 40), "zipper": (240, 32, 119),
+}  # fmt: skip
+
+DEFAULT_URL = (
+    "https://www.mydrive.ch/shares/38536/3830184030e49fe74747669442f0f282/download/420938113-1629952094/"
+    "mvtec_anomaly_detection.tar.xz"
+)
+DEFAULT_SHA256 = "cf4313b13603bec67abb49ca959488f7eedce2a9f7795ec54446c649ac98cd3d"
+ENV_ROOT = "ANOMBENCH_DATA_MVTEC"
+GOOD = "good"
+MISSING_HINT = (
+    "get MVTec AD (https://www.mvtec.com/company/research/datasets/mvtec-ad) with "
+    "`anombench data download mvtec --root {root}`, or pass --data mvtec=/path/to/mvtec_anomaly_detection "
+    f"(or set {ENV_ROOT})"
+)
+
+
+def _mask_path(category_dir: Path, defect: str, image: Path) -> Path:
+    return category_dir / "ground_truth" / defect / f"{image.stem}_mask.png"
+
+
+def _check_masks(category_dir: Path, records: list[Record]) -> None:
+    """Every defect image needs a mask of its own size: found now, from file headers, not mid-evaluation."""
+    pairs = [(Path(r.image), Path(r.mask.path)) for r in records if isinstance(r.mask, MaskFile)]
+    missing = [(image, mask) for image, mask in pairs if not mask.is_file()]
+    if missing:
+        image, mask = missing[0]
+        raise UserError(
+            f"{len(missing)} defect image(s) in {category_dir / 'test'} have no mask, e.g. {image} (expected {mask})"
+        )
+    for image, mask in pairs:
+        image_wh, mask_wh = image_size(image), image_size(mask)
+        if image_wh != mask_wh:
+            raise UserError(f"mask {mask} is {size_text(mask_wh)} but its image {image} is {size_text(image_wh)}")
+
+
+@dataclass(frozen=True)
+class CategoryCounts:
+    train: int
+    test_good: int
+    test_defect: int
+    masks: int
+
+    def status(self, category: str) -> str:
+        if self == CategoryCounts(0, 0, 0, 0):
+            return "missing"
+        problems = []
+        if self.masks < self.test_defect:
+            problems.append(f"{self.test_defect - self.masks} masks missing")
+        expected = OFFICIAL_COUNTS[category]
+        if (self.train, self.test_good, self.test_defect) != expected:
+            problems.append("official release has {}/{}/{}".format(*expected))
+        return "; ".join(problems) or "ok"
+
+
+def count_category(category_dir: Path) -> CategoryCounts:
+    """What is on disk for one category, without raising: the raw material of ``check``."""
+    train = len(list_images(category_dir / "train" / GOOD))
+    test_good = len(list_images(category_dir / "test" / GOOD))
+    defect_images = [
+        (folder.name, image)
+        for folder in list_subfolders(category_dir / "test")
+        if folder.name != GOOD
+        for image in list_images(folder)
+    ]
+    masks = sum(1 for defect, image in defect_images if _mask_path(category_dir, defect, image).is_file())
+    return CategoryCounts(train, test_good, len(defect_images), masks)
+
+
+@dataclass(frozen=True)
+class RandomRotateCrop:
+    """Rd-MVTec AD's augmentation: resize, rotate in (-max_degrees, +max_degrees), crop at a random spot.
+
+    The angle and the crop position are drawn from a generator seeded by a hash of (seed, category, split,
+    image id): deterministic per image and seed, independent of global RNG state and of loading order.
+    Uncovered corners are filled with 0 (black image, normal mask).
+    """
+
+    image_size: int
+    crop_size: int
+    seed: int
+    category: str
+    split: str
+    max_degrees: float = 10.0
+
+    def draw(self, sample_id: str) -> tuple[float, int, int]:
+        """(angle in degrees, left, top) for one image."""
+        key = f"{self.seed}/{self.category}/{self.split}/{sample_id}".encode()
+        rng = np.random.default_rng(int.from_bytes(hashlib.blake2b(key, digest_size=16).digest(), "little"))
+        angle = float(rng.uniform(-self.max_degrees, self.max_degrees))
+        left, top = (int(v) for v in rng.integers(0, self.image_size - self.crop_size + 1, size=2))
+        return angle, left, top
+
+    def __call__(self, image: Image.Image, mask: Image.Image, sample_id: str) -> tuple[Image.Image, Image.Image]:
+        image, mask = resize_pair(image, mask, self.image_size)
+        angle, left, top = self.draw(sample_id)
+        image = image.rotate(angle, resample=Image.Resampling.BILINEAR, fillcolor=(0, 0, 0))
+        mask = mask.rotate(angle, resample=Image.Resampling.NEAREST, fillcolor=0)
+        return crop_pair(image, mask, left, top, self.crop_size)
+
+
+class MVTecAD:
+    """The MVTec AD dataset: 15 categories, train = defect-free images, test = good and defective with masks."""
+
+    name = "MVTec AD"
+
+    def __init__(self, root: str | None = None, image_size: int = 256, crop_size: int = 224) -> None:
+        check_sizes(image_size, crop_size)
+        self.root = resolve_root(root, ENV_ROOT, MISSING_HINT)
+        self.image_size = image_size
+        self.crop_size = crop_size
+        if not self.categories():
+            raise UserError(
+                f"no MVTec AD category folder in {self.root} (expected e.g. {self.root}/bottle/train/good): "
+                + MISSING_HINT.format(root=self.root)
+            )
+
+    def categories(self) -> list[str]:
+        return [c for c in CATEGORIES if (self.root / c).is_dir()]
+
+    def group(self, category: str) -> Group:
+        self._known(category)
+        return "texture" if category in TEXTURES else "object"
+
+    def train(self, category: str, seed: int) -> FileSplit:
+        folder = self._category_dir(category) / "train" / GOOD
+        records = [Record(str(p), None, 0, f"{GOOD}/{p.stem}") for p in list_images(folder)]
+        if not records:
+            raise UserError(f"no training images in {folder}: the category is incomplete, download it again")
+        return FileSplit(records, self._transform(category, seed, "train"))
+
+    def test(self, category: str, seed: int) -> FileSplit:
+        category_dir = self._category_dir(category)
+        records = [
+            Record(
+                image=str(image),
+                mask=None if folder.name == GOOD else MaskFile(str(_mask_path(category_dir, folder.name, image))),
+                label=int(folder.name != GOOD),
+                id=f"{folder.name}/{image.stem}",
+            )
+            for folder in list_subfolders(category_dir / "test")
+            for image in list_images(folder)
+        ]
+        if not records:
+            raise UserError(f"no test images in {category_dir / 'test'}: the category is incomplete, download it again")
+        _check_masks(category_dir, records)
+        return FileSplit(records, self._transform(category, seed, "test"))
+
+    def _transform(self, category: str, seed: int, split: str) -> PairTransform:
+        return ResizeCrop(self.image_size, self.crop_size)
+
+    def _known(self, category: str) -> None:
+        if category not in CATEGORIES:
+            raise UserError(f"unknown {self.name} category '{category}'; the categories are: {', '.join(CATEGORIES)}")
+
+    def _category_dir(self, category: str) -> Path:
+        self._known(category)
+        folder = self.root / category
+        if not folder.is_dir():
+            present = ", ".join(self.categories())
+            raise UserError(
+                f"{self.name} category '{category}' not found in {self.root} (present: {present}); "
+                f"download the full dataset with `anombench data download mvtec --root {self.root}`"
+            )
+        return folder
+
+    @staticmethod
+    def download(root: str, url: str | None = None, sha256: str | None = None) -> None:
+        """Fetch and extract the official archive into ``root`` (resumable, verified, idempotent).
+
+        Without ``url`` the official archive and its SHA-256 are used; with a ``url`` only the given ``sha256``
+        (if any) is checked, since a mirror may serve something else.
+        """
+        fetch_archive(url or DEFAULT_URL, Path(root).expanduser(), sha256 if url else (sha256 or DEFAULT_SHA256))
+
+    @staticmethod
+    def check(root: str) -> str:
+        """A per-category table of what is on disk, compared with the official release."""
+        path = resolve_root(root, ENV_ROOT, MISSING_HINT)
+        header = f"{'category':<12} {'group':<8} {'train':>6} {'test good':>10} {'test defect':>12} {'masks':>6}  status"
+        lines = [f"MVTec AD at {path}", header]
+        totals = [0, 0, 0, 0]
+        for category in CATEGORIES:
+            counts = count_category(path / category)
+            group = "texture" if category in TEXTURES else "object"
+            lines.append(
+                f"{category:<12} {group:<8} {counts.train:>6} {counts.test_good:>10} {counts.test_defect:>12} "
+                f"{counts.masks:>6}  {counts.status(category)}"
+            )
+            totals = [t + c for t, c in zip(totals, (counts.train, counts.test_good, counts.test_defect, counts.masks))]
+        lines.append(f"{'total':<21} {totals[0]:>6} {totals[1]:>10} {totals[2]:>12} {totals[3]:>6}")
+        return "\n".join(lines)
+
+
+class RdMVTecAD(MVTecAD):
+    """Rd-MVTec AD: MVTec AD with a seeded random rotation and crop of every train and test image."""
+
+    name = "Rd-MVTec AD"
+
+    def __init__(
+        self, root: str | None = None, image_size: int = 256, crop_size: int = 224, max_degrees: float = 10.0
+    ) -> None:
+        super().__init__(root=root, image_size=image_size, crop_size=crop_size)
+        if not 0 <= max_degrees <= 180:
+            raise UserError(f"max_degrees must be between 0 and 180, got {max_degrees}")
+        self.max_degrees = max_degrees
+
+    def _transform(self, category: str, seed: int, split: str) -> PairTransform:
+        return RandomRotateCrop(self.image_size, self.crop_size, seed, category, split, self.max_degrees)
+
+
+@hookimpl
+def anombench_register_datasets(register: Register) -> None:
+    register("mvtec", MVTecAD)
+    register("rd_mvtec", RdMVTecAD)
