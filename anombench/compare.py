@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import pandas as pd
 
+from anombench.errors import UserError
 from anombench.plugins import Registry
 from anombench.results import load_cells
 
@@ -21,7 +22,7 @@ class Comparison:
     failures: int
 
     def to_markdown(self) -> str:
-        return self.rows.to_markdown(index=False, floatfmt=".4f") if not self.rows.empty else "(nothing to compare)"
+        return self.rows.to_markdown(index=False, floatfmt=".4f")
 
 
 def gated_metrics(registry: Registry) -> set[str]:
@@ -54,4 +55,7 @@ def compare_runs(run_dir: str, baseline_dir: str, tolerance: float, registry: Re
             rows.append({"cell": cell, "metric": metric, "baseline": float(expected[metric]), "run": value,
                          "diff": diff, "verdict": verdict})
     frame = pd.DataFrame(rows, columns=["cell", "metric", "baseline", "run", "diff", "verdict"])
+    if frame.empty:
+        raise UserError(f"{baseline_dir}: no quality figure to compare (metrics {sorted(chosen) or 'none'}); "
+                        "a gate that compares nothing would always pass")
     return Comparison(frame, int(frame["verdict"].isin(["MISSING", "FAILED", "REGRESSION"]).sum()))

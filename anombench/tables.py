@@ -132,7 +132,7 @@ def render_markdown(long: pd.DataFrame, spec: TableSpec, reference: dict[str, An
     if spec.title:
         lines += [f"### {spec.title}", ""]
     wide = wide_table(long, spec)
-    lines.append(wide.to_markdown() if not wide.empty else "_no finished cells yet_")
+    lines.append(wide.to_markdown(disable_numparse=True) if not wide.empty else "_no finished cells yet_")
     lines += ["", f"Cells: {', '.join(spec.cell)} ({unit}); seeds averaged."]
     if reference.get("source"):
         lines.append(f"'paper' columns: {reference['source']}; 'diff' = ours - paper.")

@@ -147,7 +147,7 @@ def _spot(rng, img, region):
     size = img.shape[0]
     y0, x0 = _point_inside(rng, region, size // 6)
     yy, xx = np.mgrid[0:size, 0:size]
-    ry, rx = rng.uniform(0.02, 0.05, 2) * size
+    ry, rx = np.maximum(rng.uniform(0.02, 0.05, 2) * size, 1.5)
     mask = (((yy - y0) / ry) ** 2 + ((xx - x0) / rx) ** 2 <= 1) & region
     img[mask] *= 0.3
     return mask
@@ -170,7 +170,7 @@ def _color(rng, img, region):
     size = img.shape[0]
     y0, x0 = _point_inside(rng, region, size // 5)
     yy, xx = np.mgrid[0:size, 0:size]
-    ry, rx = rng.uniform(0.05, 0.09, 2) * size
+    ry, rx = np.maximum(rng.uniform(0.05, 0.09, 2) * size, 2.0)
     mask = (((yy - y0) / ry) ** 2 + ((xx - x0) / rx) ** 2 <= 1) & region
     img[mask] = img[mask][:, [2, 0, 1]] * np.array([0.6, 1.3, 0.6])
     return mask
@@ -201,7 +201,7 @@ def defects_for(category: str) -> tuple[str, ...]:
 def _visible_defect(rng: np.random.Generator, img: Canvas, region: Mask, defect: str) -> tuple[Canvas, Mask]:
     """Apply a defect, redrawing it until it covers enough pixels to be a defect a person would mark
     (a crack that wanders off the part after three pixels would make a meaningless ground truth)."""
-    min_pixels = max(12, img.shape[0] ** 2 // 2500)
+    min_pixels = max(4, img.shape[0] ** 2 // 2500)
     for _ in range(50):
         candidate = img.copy()
         mask = APPLY_DEFECT[defect](rng, candidate, region)

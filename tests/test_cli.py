@@ -1,0 +1,126 @@
+"""The ``anombench`` command as a user runs it: a subprocess, a real third-party plugin installed the way pip
+installs one (a ``*.dist-info`` with ``entry_points.txt`` on the path), SIGKILL mid-run and --resume."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+THIRDPARTY = Path(__file__).parent / "thirdparty"
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory) -> Path:
+    """A site directory holding the third-party distribution's metadata, as `pip install` would leave it."""
+    site = tmp_path_factory.mktemp("site")
+    dist = site / "anombench_pixelstats-1.2.3.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: anombench-pixelstats\nVersion: 1.2.3\n")
+    (dist / "entry_points.txt").write_text("[anombench]\npixelstats = anombench_pixelstats\n")
+    return site
+
+
+def anombench(*args: str, site: Path, cwd: Path, check: bool = False, **popen) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(site), str(THIRDPARTY)])}
+    command = [sys.executable, "-m", "anombench.cli", *args]
+    if popen:
+        return subprocess.Popen(command, cwd=cwd, env=env, **popen)
+    result = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+    if check:
+        assert result.returncode == 0, result.stderr
+    return result
+
+
+def write_suite(path: Path, categories: list[str], n_train: int = 6) -> Path:
+    path.write_text(yaml.safe_dump({
+        "name": "cli-test",
+        "datasets": {"synthetic": {"params": {"image_size": 32, "n_train": n_train, "n_test_good": 3,
+                                              "n_test_defective": 3}, "categories": categories}},
+        "methods": {"pg": {"plugin": "pixel_gaussian"}, "pg-wide": {"plugin": "pixel_gaussian",
+                                                                     "params": {"min_std": 0.2}}},
+        "metrics": ["pixel_auroc", "pro", "image_auroc", "fit_seconds"],
+        "run": {"batch_size": 4, "workers": 0},
+        "table": {"cell": ["pixel_auroc", "pro"], "aggregates": ["textures", "objects", "all"]},
+    }))
+    return path
+
+
+def test_list_shows_builtins_and_the_third_party_plugin_with_its_distribution(site, tmp_path):
+    out = anombench("list", site=site, cwd=tmp_path, check=True).stdout
+    assert "pixel_gaussian" in out and "anombench-pixelstats 1.2.3" in out and "params: min_std" in out
+    assert "synthetic" in out and "anombench 0.1.0" in out
+    assert "pixel_auroc" in out
+
+
+def test_plugin_filter_environment_variable(site, tmp_path):
+    env_run = subprocess.run([sys.executable, "-m", "anombench.cli", "list"], cwd=tmp_path, capture_output=True,
+                             text=True, env={**os.environ, "PYTHONPATH": f"{site}{os.pathsep}{THIRDPARTY}",
+                                             "ANOMBENCH_PLUGINS": "synthetic"})
+    assert "synthetic" in env_run.stdout and "pixel_gaussian" not in env_run.stdout
+
+
+def test_run_report_compare_end_to_end(site, tmp_path):
+    suite = write_suite(tmp_path / "suite.yaml", ["disc", "stripes"])
+    result = anombench("run", str(suite), "--out", "run", "--quiet", "--device", "cpu", site=site, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "| disc" in result.stdout and "results: run" in result.stdout
+    for name in ("cells.jsonl", "run.json", "suite.yaml", "table.md", "table.csv"):
+        assert (tmp_path / "run" / name).exists()
+    provenance = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert provenance["versions"]["anombench-pixelstats"] == "1.2.3" and provenance["suite_sha256"]
+    report = anombench("report", "run", site=site, cwd=tmp_path, check=True).stdout
+    assert "## Provenance" in report and "(pixel_auroc" not in report and "pixel_auroc, pro (%)" in report
+
+    same = anombench("compare", "run", "run", site=site, cwd=tmp_path, check=True)
+    assert "within 0.005" in same.stdout
+    baseline = tmp_path / "baseline"
+    baseline.mkdir()
+    records = [json.loads(line) for line in (tmp_path / "run" / "cells.jsonl").read_text().splitlines()]
+    records[0]["metrics"]["pro"] += 0.05
+    (baseline / "cells.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    worse = anombench("compare", "run", str(baseline), site=site, cwd=tmp_path)
+    assert worse.returncode == 1 and "REGRESSION" in worse.stdout and records[0]["cell"] in worse.stdout
+
+
+def test_bad_suite_is_one_line_and_exit_2(site, tmp_path):
+    suite = write_suite(tmp_path / "suite.yaml", ["disc"])
+    result = anombench("run", str(suite), "--set", "methods.pg.params.min_sd=1", site=site, cwd=tmp_path)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        f"anombench: error: {suite}: methods.pg.params.min_sd: unknown parameter; allowed: min_std"]
+
+
+def test_help_explains_with_examples(site, tmp_path):
+    text = anombench("run", "--help", site=site, cwd=tmp_path, check=True).stdout
+    assert "examples:" in text and "--resume" in text and "--set" in text
+
+
+def test_sigkill_mid_run_then_resume_keeps_finished_cells(site, tmp_path):
+    categories = ["stripes", "weave", "disc", "plate"]
+    suite = write_suite(tmp_path / "suite.yaml", categories, n_train=120)
+    process = anombench("run", str(suite), "--out", "run", "--quiet", "--device", "cpu", site=site, cwd=tmp_path,
+                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    cells = tmp_path / "run" / "cells.jsonl"
+    deadline = time.time() + 240
+    while time.time() < deadline and not (cells.exists() and cells.read_text().count("\n") >= 2):
+        time.sleep(0.05)
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    before = {json.loads(line)["cell"]: json.loads(line) for line in cells.read_text().splitlines()}
+    assert 2 <= len(before) < 2 * len(categories), "the kill must land mid-run"
+    resumed = anombench("run", str(suite), "--out", "run", "--resume", "--quiet", "--device", "cpu",
+                        site=site, cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr
+    after = {json.loads(line)["cell"]: json.loads(line) for line in cells.read_text().splitlines()}
+    assert len(after) == 2 * len(categories) and all(r["status"] == "ok" for r in after.values())
+    for cell, record in before.items():
+        assert after[cell]["finished_at"] == record["finished_at"], f"{cell} was recomputed"
+    assert not list((tmp_path / "run").glob(".*.tmp")), "no temporary file may be left behind"

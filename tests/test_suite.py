@@ -1,0 +1,139 @@
+"""Suite files: validation errors are one line naming the key; overrides and data roots apply as documented."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import pytest
+import yaml
+
+from anombench.errors import UserError
+from anombench.params import matches
+from anombench.suite import Cell, apply_overrides, build_suite, expand, load_suite, parse_override
+
+
+def base_doc() -> dict:
+    return {
+        "name": "t",
+        "datasets": {"synthetic": {"params": {"image_size": 64}, "categories": ["disc"]}},
+        "methods": {"pg": {"plugin": "pixel_gaussian", "params": {"min_std": 0.05}}},
+        "metrics": ["image_auroc"],
+        "table": {"cell": ["image_auroc"]},
+    }
+
+
+def error_of(doc: dict, registry) -> str:
+    with pytest.raises(UserError) as info:
+        build_suite(doc, "s.yaml", registry)
+    message = str(info.value)
+    assert "\n" not in message
+    return message
+
+
+def test_valid_suite_builds(registry):
+    suite = build_suite(base_doc(), "s.yaml", registry)
+    assert [m.name for m in suite.methods] == ["pg"]
+    assert suite.metrics == {"image_auroc": {}}
+    assert suite.batch_size == 16 and suite.seeds == [0]
+
+
+def test_unknown_method_plugin_lists_registered(registry):
+    doc = base_doc()
+    doc["methods"]["pg"]["plugin"] = "padimm"
+    message = error_of(doc, registry)
+    assert "unknown method 'padimm'" in message and "pixel_gaussian" in message
+
+
+def test_unknown_parameter_names_key_and_allowed(registry):
+    doc = base_doc()
+    doc["methods"]["pg"]["params"] = {"min_sdt": 0.1}
+    message = error_of(doc, registry)
+    assert message.startswith("s.yaml: methods.pg.params.min_sdt: unknown parameter")
+    assert "allowed: min_std" in message
+    assert "device" not in message.split("allowed:")[1]
+
+
+def test_wrong_type_names_expected_type(registry):
+    doc = base_doc()
+    doc["datasets"]["synthetic"]["params"]["image_size"] = "big"
+    assert "datasets.synthetic.params.image_size: expected int, got 'big'" in error_of(doc, registry)
+
+
+def test_runner_supplied_parameter_is_refused(registry):
+    doc = base_doc()
+    doc["methods"]["pg"]["params"] = {"device": "cuda"}
+    assert "set by the runner" in error_of(doc, registry)
+
+
+@pytest.mark.parametrize("key,value,expected", [
+    ("seeds", "zero", "seeds: expected a list of integers"),
+    ("run", {"batch_sizes": 3}, "run.batch_sizes: unknown key; allowed: batch_size, workers"),
+    ("run", {"batch_size": 0}, "run.batch_size: must be positive"),
+    ("table", {"cell": ["pro"]}, "table.cell: metric 'pro' is not in the suite's metrics"),
+    ("table", {"rows": "seed"}, "table.rows: expected 'category' or 'method'"),
+    ("table", {"aggregates": ["metals"]}, "unknown aggregate 'metals'"),
+    ("metricz", [], "metricz: unknown key"),
+])
+def test_bad_values_are_named(registry, key, value, expected):
+    doc = base_doc()
+    doc[key] = value
+    assert expected in error_of(doc, registry)
+
+
+def test_missing_required_key(registry):
+    doc = base_doc()
+    del doc["methods"]
+    assert error_of(doc, registry) == "s.yaml: missing key 'methods'"
+
+
+def test_load_suite_reports_yaml_syntax_with_line(tmp_path, registry):
+    path = tmp_path / "broken.yaml"
+    path.write_text("name: x\ndatasets: [unclosed\n")
+    with pytest.raises(UserError, match=r"broken.yaml: not valid YAML at line \d+"):
+        load_suite(path, registry)
+    with pytest.raises(UserError, match="suite file not found"):
+        load_suite(tmp_path / "nope.yaml", registry)
+
+
+def test_overrides_shorthands_and_dotted_paths(tmp_path, registry):
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump(base_doc()))
+    suite = load_suite(path, registry, ["categories=[stripes, plate]", "batch_size=4", "image_size=48",
+                                        "methods.pg.params.min_std=0.2", "seeds=[1, 2]"])
+    assert suite.datasets[0].categories == ["stripes", "plate"]
+    assert suite.datasets[0].params["image_size"] == 48
+    assert suite.batch_size == 4 and suite.seeds == [1, 2]
+    assert suite.methods[0].params["min_std"] == 0.2
+
+
+def test_override_errors(registry):
+    with pytest.raises(UserError, match="expected KEY=VALUE"):
+        parse_override("categories")
+    with pytest.raises(UserError, match="--set colour: unknown key"):
+        apply_overrides(base_doc(), [("colour", 1)], {})
+
+
+def test_data_roots_set_root_of_matching_plugin():
+    doc = {"datasets": {"mv": {"plugin": "mvtec"}, "synthetic": {}}}
+    out = apply_overrides(doc, [], {"mvtec": "/data/mvtec"})
+    assert out["datasets"]["mv"]["params"]["root"] == "/data/mvtec"
+    assert "params" not in out["datasets"]["synthetic"]
+
+
+def test_expand_orders_cells_sharing_data_together(registry):
+    doc = base_doc()
+    doc["methods"]["pg2"] = {"plugin": "pixel_gaussian"}
+    doc["seeds"] = [0, 1]
+    suite = build_suite(doc, "s.yaml", registry)
+    cells = expand(suite, {"synthetic": ["disc", "plate"]})
+    assert cells[:2] == [Cell("pg", "synthetic", "disc", 0), Cell("pg2", "synthetic", "disc", 0)]
+    assert len(cells) == 8 and cells[-1].id == "pg2|synthetic|plate|1"
+
+
+@pytest.mark.parametrize("value,annotation,ok", [
+    (3, int, True), (True, int, False), (3, float, True), ("a", float, False),
+    ([1, 2], list[int], True), ([1, "x"], list[int], False), (None, int | None, True), ("x", int | None, False),
+    ("pca", Literal["pca", "random"], True), ("svd", Literal["pca", "random"], False),
+])
+def test_type_matching(value, annotation, ok):
+    assert matches(value, annotation) is ok
