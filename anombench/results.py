@@ -6,6 +6,8 @@ Layout of a run directory::
     run.json         provenance: versions, git commit, machine, threads, device, suite hash, command line
     suite.yaml       the suite as run (after --set / --data overrides)
     table.csv/.md    the rendered table (rewritten after each cell, so a partial run still shows its progress)
+    artifacts/<cell>/ examples.npz (thumbnails, masks, maps of chosen test images; every image score) and
+                     curves.json (ROC / PRO curves) for the report
 
 Atomicity: every file is written to a temporary sibling, fsynced and renamed over the old one; a SIGKILL at any
 moment leaves either the old or the new file, never a torn one.
@@ -25,15 +27,25 @@ from anombench.errors import UserError
 
 CELLS = "cells.jsonl"
 PROVENANCE = "run.json"
+ARTIFACTS = "_artifacts"  # record key of {file name: bytes}, written under artifacts/<cell>/ and not into cells.jsonl
+
+
+def cell_dirname(cell: str) -> str:
+    """A file-system-safe folder name for a cell id ("padim|mvtec|bottle|0" -> "padim__mvtec__bottle__0")."""
+    return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in cell.replace("|", "__"))
 
 
 def write_atomic(path: Path, text: str) -> None:
     """Replace ``path`` with ``text`` so that readers see the old or the new content, never a mix."""
+    write_atomic_bytes(path, text.encode())
+
+
+def write_atomic_bytes(path: Path, payload: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "w") as handle:
-            handle.write(text)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(payload)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
@@ -63,7 +75,14 @@ class RunStore:
         """Ids of cells that completed successfully (failed cells are retried on --resume)."""
         return {cell for cell, record in self.records.items() if record.get("status") == "ok"}
 
+    def artifact_dir(self, cell: str) -> Path:
+        return self.directory / "artifacts" / cell_dirname(cell)
+
     def add(self, record: dict[str, Any]) -> None:
+        """Store a finished cell: its artifacts first, then the cell line, so a listed cell has its files."""
+        record = dict(record)
+        for name, payload in (record.pop(ARTIFACTS, None) or {}).items():
+            write_atomic_bytes(self.artifact_dir(record["cell"]) / name, payload)
         self.records[record["cell"]] = record
         lines = "".join(json.dumps(r, sort_keys=True, allow_nan=True) + "\n" for r in self.records.values())
         write_atomic(self.directory / CELLS, lines)

@@ -7,6 +7,7 @@ runs in-process, in a process pool or on a Dask worker; the caller alone writes 
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import subprocess
@@ -25,9 +26,10 @@ from tqdm.auto import tqdm
 import anombench
 from anombench.api import Batch, Dataset, Method, Metric, Resources, Scores, collate, shares_features
 from anombench.errors import UserError
+from anombench.examples import ExampleKeeper
 from anombench.plugins import Registry, registry as default_registry
 from anombench.resources import GB, PeakMemory, Stopwatch, release_memory
-from anombench.results import RunStore, write_atomic, write_json
+from anombench.results import ARTIFACTS, RunStore, write_atomic, write_json
 from anombench.suite import Cell, DatasetSpec, MethodSpec, Suite, expand
 
 @dataclass(frozen=True)
@@ -96,6 +98,7 @@ class Member:
     spec: MethodSpec
     method: Method
     metrics: dict[str, Metric]
+    examples: ExampleKeeper = field(default_factory=ExampleKeeper)
     fit_watch: Stopwatch = field(default_factory=Stopwatch)
     infer_watch: Stopwatch = field(default_factory=Stopwatch)
     error: str | None = None
@@ -119,6 +122,18 @@ def _guard(member: Member, action: Callable[[], Any]) -> Any:
 def _update_metrics(member: Member, scores: Scores, batch: Batch) -> None:
     for metric in member.metrics.values():
         metric.update(scores, batch)
+    member.examples.update(scores, batch)
+
+
+def _curves(member: Member) -> dict[str, dict[str, list[float]]]:
+    """Curves of the metrics that offer one (``curve() -> (x, y)``), for the report's ROC / PRO plots."""
+    curves = {}
+    for name, metric in member.metrics.items():
+        curve = getattr(metric, "curve", None)
+        if callable(curve):
+            x, y = curve()
+            curves[name] = {"x": [float(v) for v in x], "y": [float(v) for v in y]}
+    return curves
 
 
 def _timed(batches: Iterator[Batch], watch: Stopwatch) -> Iterator[Batch]:
@@ -188,6 +203,8 @@ def _record(task: GroupTask, member: Member, resources: Resources, peers: list[s
     if member.error is None:
         try:
             record["metrics"] = {name: float(m.compute(resources)) for name, m in member.metrics.items()}
+            record[ARTIFACTS] = {"examples.npz": member.examples.to_bytes(),
+                                 "curves.json": json.dumps(_curves(member)).encode()}
         except Exception as exc:
             member.fail(exc)
             record.update(status="failed", error=member.error, traceback=member.trace)
