@@ -1,1 +1,516 @@
-"""Pixel AUROC, PRO, image AUROC and resource metrics as metric plugins."""
+"""Pixel AUROC, PRO, image AUROC and resource metrics as metric plugins.
+
+The figures must agree with the official MVTec AD evaluation (design.md section 1), because readers compare our
+tables with papers that used it. Everything reduces to one representation: ``Cells``, the test pixels grouped by
+score from the highest down, with per cell the number of normal pixels, of defect pixels and the PRO overlap
+weight. On the exact path a cell is one distinct score value (so ties are merged exactly as the official script
+merges runs of equal scores); on the binned path a cell is a score interval. The curves (ROC, PRO) are the
+cumulative sums over cells and the areas are trapezoids, so both paths share every line of the curve code.
+
+Exact vs binned. A stream keeps the pixels themselves (float32 score, bool mask, and for PRO the size of each
+defect pixel's region) while at most ``pixel_budget`` pixels have been seen, then switches once, for good, to
+histograms (``ScoreHistogram``). Binning cannot move a curve point: the point at a bin boundary is a vertex of the
+exact curve. What it loses is the path between two such vertices, which the exact curve walks monotonically inside
+the box they span while the binned curve takes the straight diagonal. Hence the stated, data-dependent bound that
+``binning_error_bound`` computes from the histograms themselves:
+
+    |area_exact - area_binned| <= sum over cells of dx * dy / 2   (dx, dy: the cell's FPR and TPR/PRO increments)
+
+(for PRO the cell that straddles ``max_fpr`` counts (max_fpr - x_left) * dy, and the sum is divided by
+``max_fpr``). For AUROC this is half the fraction of (defect, normal) pixel pairs that share a bin, and it is at
+most half the largest fraction of normal pixels in one bin, so it shrinks as 1/bins for any score density without
+atoms. The metrics expose it as ``error_bound`` after ``compute`` and warn when it exceeds ``BOUND_WARNING``.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+from scipy import ndimage
+
+from anombench import hookimpl
+from anombench.api import Batch, Resources, Scores
+from anombench.errors import UserError
+
+DEFAULT_MAX_FPR = 0.3
+DEFAULT_PIXEL_BUDGET = 2**25  # 33.5 M pixels: every MVTec AD category stays exact (the largest has 11 M)
+DEFAULT_BINS = 2**20
+TAIL_MANTISSA_BITS = 10  # out-of-range bins have a relative width of 2**-10 of their distance to the range
+BOUND_WARNING = 1e-4
+
+# Labels 8-connected components within each image of a (N, H, W) stack: only the middle plane connects.
+_IN_PLANE_8_CONNECTED = np.zeros((3, 3, 3), dtype=bool)
+_IN_PLANE_8_CONNECTED[1] = True
+_FLOAT32_MANTISSA_BITS = 23
+
+
+class UndefinedMetricError(UserError, ValueError):
+    """A metric that the ground truth leaves undefined (AUROC without a single defect pixel, ...).
+
+    Raised instead of returning NaN, which tables would silently average. It is a ``UserError`` so the CLI shows
+    it as one line, and a ``ValueError`` for code that uses the functions below as a library.
+    """
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Cells, curves and areas
+
+
+@dataclass(frozen=True)
+class Cells:
+    """Test pixels (or images) grouped by score, highest scores first.
+
+    ``negatives``/``positives`` (int64) count normal/defect pixels per cell; ``overlap`` (float64, PRO only) sums
+    1/|region| over the cell's defect pixels. ``binned`` says whether a cell is a score interval whose inner order
+    is unknown (so curve areas carry an error bound) or a single score value (exact).
+    """
+
+    negatives: np.ndarray
+    positives: np.ndarray
+    overlap: np.ndarray | None
+    binned: bool
+
+
+def exact_cells(scores: np.ndarray, positive: np.ndarray, overlap: np.ndarray | None = None) -> Cells:
+    """One cell per distinct score value: merging runs of equal scores is how the official script handles ties.
+
+    ``overlap``, when given, is the per-sample PRO increment (1/|region| on defect pixels, 0 elsewhere).
+    """
+    scores = np.ravel(scores)
+    positive = np.ravel(positive).astype(bool, copy=False)
+    if scores.size == 0:
+        empty = np.zeros(0, dtype=np.int64)
+        return Cells(empty, empty, None if overlap is None else np.zeros(0), binned=False)
+    order = np.argsort(scores, kind="stable")[::-1]
+    ranked = scores[order]
+    starts = np.flatnonzero(np.concatenate(([True], ranked[1:] != ranked[:-1])))
+    sizes = np.diff(np.append(starts, ranked.size))
+    positives = np.add.reduceat(positive[order], starts, dtype=np.int64)
+    overlaps = None if overlap is None else np.add.reduceat(np.ravel(overlap)[order].astype(np.float64), starts)
+    return Cells(sizes - positives, positives, overlaps, binned=False)
+
+
+def roc_curve_from(cells: Cells) -> tuple[np.ndarray, np.ndarray]:
+    """(FPR, TPR) at every cell boundary, from (0, 0) to (1, 1), float64."""
+    fpr = _cumulative(cells.negatives, cells.negatives.sum())
+    tpr = _cumulative(cells.positives, cells.positives.sum())
+    return np.concatenate(([0.0], fpr)), np.concatenate(([0.0], tpr))
+
+
+def pro_curve_from(cells: Cells, n_regions: int) -> tuple[np.ndarray, np.ndarray]:
+    """(FPR, PRO) as the official script builds them: cumulative sums over cells, divided by the number of normal
+    pixels and of regions, clipped to 1, with (0, 0) and (1, 1) added. float64 throughout (the official script
+    keeps FPRs in float32, one of the pitfalls design.md lists)."""
+    if cells.overlap is None:
+        raise ValueError("PRO needs cells with overlap weights (build them with region sizes)")
+    fpr = np.minimum(_cumulative(cells.negatives, cells.negatives.sum()), 1.0)
+    pro = np.minimum(_cumulative(cells.overlap, n_regions), 1.0)
+    return np.concatenate(([0.0], fpr, [1.0])), np.concatenate(([0.0], pro, [1.0]))
+
+
+def _cumulative(increments: np.ndarray, total: float) -> np.ndarray:
+    return np.cumsum(increments) / float(total)
+
+
+def trapezoid(x: np.ndarray, y: np.ndarray, x_max: float | None = None) -> float:
+    """Area under the polyline through (x, y), x non-decreasing, from x[0] to ``x_max`` (default: the end).
+
+    As in the official evaluation, the segment crossing ``x_max`` is cut there by linear interpolation.
+    """
+    if x_max is not None:
+        x, y = _cut_at(x, y, x_max)
+    return float(np.sum((x[1:] - x[:-1]) * (y[1:] + y[:-1])) / 2.0)
+
+
+def _cut_at(x: np.ndarray, y: np.ndarray, x_max: float) -> tuple[np.ndarray, np.ndarray]:
+    """The polyline restricted to x <= x_max, ending with the interpolated point at x_max when it falls inside a
+    segment."""
+    kept = int(np.searchsorted(x, x_max, side="right"))
+    if kept == len(x) or x[kept - 1] == x_max:
+        return x[:kept], y[:kept]
+    x0, x1, y0, y1 = x[kept - 1], x[kept], y[kept - 1], y[kept]
+    y_cut = y0 + (y1 - y0) * (x_max - x0) / (x1 - x0)
+    return np.append(x[:kept], x_max), np.append(y[:kept], y_cut)
+
+
+def binning_error_bound(x: np.ndarray, y: np.ndarray, x_max: float | None = None) -> float:
+    """The largest |exact area - binned area| possible when (x, y) are the curve's points at bin boundaries.
+
+    Between two consecutive points the exact curve is monotone inside their box, so its area there lies between
+    the box's lower and upper rectangles; the binned trapezoid is their mean, hence at most dx * dy / 2 away. The
+    segment crossing ``x_max`` ends at an interpolated height, anywhere in the box: (x_max - x_left) * dy.
+    """
+    dx, dy, left, right = np.diff(x), np.diff(y), x[:-1], x[1:]
+    if x_max is None:
+        return float(np.sum(dx * dy) / 2.0)
+    below = right <= x_max
+    crossing = (left < x_max) & (right > x_max)
+    return float(np.sum(dx[below] * dy[below]) / 2.0 + np.sum((x_max - left[crossing]) * dy[crossing]))
+
+
+def _require_both_classes(negatives: int, positives: int, metric: str, normal: str, anomalous: str) -> None:
+    for count, kind in ((positives, anomalous), (negatives, normal)):
+        if count == 0:
+            raise UndefinedMetricError(
+                f"{metric} is undefined: the test set has no {kind}; it needs both {normal} and {anomalous}"
+            )
+
+
+def auroc_from_cells(cells: Cells, metric: str = "AUROC", normal: str = "normal samples",
+                     anomalous: str = "anomalous samples") -> tuple[float, float]:
+    """(AUROC, error bound): the trapezoid under the ROC, which gives tied pairs one half as scikit-learn does."""
+    _require_both_classes(int(cells.negatives.sum()), int(cells.positives.sum()), metric, normal, anomalous)
+    fpr, tpr = roc_curve_from(cells)
+    bound = binning_error_bound(fpr, tpr) if cells.binned else 0.0
+    return trapezoid(fpr, tpr), bound
+
+
+def pro_from_cells(cells: Cells, n_regions: int, max_fpr: float = DEFAULT_MAX_FPR,
+                   metric: str = "PRO") -> tuple[float, float]:
+    """(PRO, error bound): the area under the PRO curve up to ``max_fpr``, divided by ``max_fpr`` (not by the last
+    FPR reached, a pitfall of older libraries)."""
+    _require_both_classes(int(cells.negatives.sum()), n_regions, metric, "normal pixels", "defect pixels")
+    fpr, pro = pro_curve_from(cells, n_regions)
+    bound = binning_error_bound(fpr, pro, max_fpr) / max_fpr if cells.binned else 0.0
+    return trapezoid(fpr, pro, max_fpr) / max_fpr, bound
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Plain functions on whole arrays
+
+
+def auroc(scores: np.ndarray, labels: np.ndarray) -> float:
+    """Exact area under the ROC curve of ``scores`` for binary ``labels`` (non-zero = anomalous); equals
+    sklearn.metrics.roc_auc_score, ties included."""
+    scores = _finite(np.asarray(scores), "scores")
+    return auroc_from_cells(exact_cells(scores, np.asarray(labels) != 0))[0]
+
+
+def defect_region_sizes(masks: np.ndarray) -> tuple[np.ndarray, int]:
+    """For a (N, H, W) stack of ground-truth masks: the size of the region of every defect pixel (in the order of
+    ``masks[masks]``) and the number of regions. Regions are 8-connected components of each image separately."""
+    defect = np.asarray(masks) != 0
+    labels, n_regions = ndimage.label(defect, structure=_IN_PLANE_8_CONNECTED)
+    sizes = np.bincount(labels.ravel())
+    return sizes[labels[defect]], int(n_regions)
+
+
+def pro_curve(maps: np.ndarray, masks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The official per-region-overlap curve (FPR, PRO) of anomaly ``maps`` against ground-truth ``masks``, both
+    (N, H, W); good images (empty masks) count as normal pixels."""
+    cells, n_regions = _pro_cells(*_pixels(maps, masks))
+    _require_both_classes(int(cells.negatives.sum()), n_regions, "PRO", "normal pixels", "defect pixels")
+    return pro_curve_from(cells, n_regions)
+
+
+def pro_score(maps: np.ndarray, masks: np.ndarray, max_fpr: float = DEFAULT_MAX_FPR) -> float:
+    """The official PRO: area under ``pro_curve`` up to ``max_fpr``, divided by ``max_fpr``; a fraction."""
+    _check_max_fpr(max_fpr, "max_fpr")
+    cells, n_regions = _pro_cells(*_pixels(maps, masks))
+    return pro_from_cells(cells, n_regions, max_fpr)[0]
+
+
+def _pro_cells(maps: np.ndarray, defect: np.ndarray) -> tuple[Cells, int]:
+    sizes, n_regions = defect_region_sizes(defect)
+    return exact_cells(maps, defect, _overlap_weights(defect.ravel(), sizes)), n_regions
+
+
+def _overlap_weights(defect: np.ndarray, region_sizes: np.ndarray) -> np.ndarray:
+    """Per-pixel PRO increment: 1/|region| on defect pixels, 0 on normal ones (float64)."""
+    weights = np.zeros(defect.shape, dtype=np.float64)
+    weights[defect] = 1.0 / region_sizes
+    return weights
+
+
+def _pixels(maps: Any, masks: Any) -> tuple[np.ndarray, np.ndarray]:
+    """Validated (N, H, W) float32 maps and bool defect masks, from numpy arrays or torch tensors."""
+    if isinstance(masks, torch.Tensor):
+        masks = masks.detach().cpu().numpy()
+    maps, masks = np.asarray(maps, dtype=np.float32), np.asarray(masks)
+    if maps.ndim != 3 or maps.shape != masks.shape:
+        raise ValueError(f"anomaly maps and masks must both be (N, H, W) and alike; got {maps.shape} and {masks.shape}")
+    return _finite(maps, "anomaly maps"), masks != 0
+
+
+def _finite(values: np.ndarray, what: str) -> np.ndarray:
+    if not np.isfinite(values).all():
+        raise UserError(f"{what} contain NaN or infinite values; metrics need finite scores")
+    return values
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Streaming
+
+
+class ScoreHistogram:
+    """Per score bin: pixel count, defect-pixel count and (optionally) PRO overlap weight, accumulated in int64 /
+    float64 over a stream of any length in fixed memory (24 bytes per bin).
+
+    Bins: ``inner_bins`` equal-width bins over [lo, hi] (the range of the exact prefix seen before the switch) and,
+    below lo and above hi, bins keyed by the distance d to the range: d rounded to float32 with its mantissa cut to
+    ``tail_bits`` bits, i.e. widths of 2**-tail_bits of d. Every finite score has a bin, so a later score outside
+    the prefix's range needs no rebinning and costs only resolution proportional to how far out it lies. Only one
+    property matters for the error bound, and both mappings have it: the bin index never decreases as the score
+    grows, so every bin is an interval of scores and the bins are ordered.
+    """
+
+    def __init__(self, lo: float, hi: float, inner_bins: int, with_overlap: bool,
+                 tail_bits: int = TAIL_MANTISSA_BITS) -> None:
+        if not 0 <= tail_bits <= 16:
+            raise ValueError(f"tail_bits must be in [0, 16] (2**(9 + tail_bits) tail bins), got {tail_bits}")
+        self.lo, self.hi, self.inner_bins, self.tail_bits = float(lo), float(hi), int(inner_bins), int(tail_bits)
+        self._tail_bins = 1 << (8 + self.tail_bits)  # every float32 exponent times every kept mantissa
+        self._scale = self.inner_bins / (self.hi - self.lo) if self.hi > self.lo else 0.0
+        n_bins = 2 * self._tail_bins + self.inner_bins
+        self._pixels = np.zeros(n_bins, dtype=np.int64)
+        self._defects = np.zeros(n_bins, dtype=np.int64)
+        self._overlap = np.zeros(n_bins, dtype=np.float64) if with_overlap else None
+
+    def index(self, scores: np.ndarray) -> np.ndarray:
+        """Bin of each score (int64), non-decreasing in the score."""
+        s = np.asarray(scores, dtype=np.float64)
+        index = np.clip((s - self.lo) * self._scale, 0, self.inner_bins - 1).astype(np.int64) + self._tail_bins
+        below, above = s < self.lo, s > self.hi
+        if below.any():
+            index[below] = self._tail_bins - 1 - self._tail_index(self.lo - s[below])
+        if above.any():
+            index[above] = self._tail_bins + self.inner_bins + self._tail_index(s[above] - self.hi)
+        return index
+
+    def _tail_index(self, distance: np.ndarray) -> np.ndarray:
+        """Monotone key of a positive distance: its float32 bit pattern (ordered like the value for positive
+        floats) without the low mantissa bits."""
+        with np.errstate(over="ignore"):  # beyond float32's range is +inf: the last bin, still ordered
+            bits = distance.astype(np.float32).view(np.uint32)
+        return (bits >> (_FLOAT32_MANTISSA_BITS - self.tail_bits)).astype(np.int64)
+
+    def add(self, scores: np.ndarray, defect: np.ndarray, overlap: np.ndarray | None) -> None:
+        """Count flat ``scores`` with their bool ``defect`` flags; ``overlap`` holds the weights of the defect pixels
+        (in the order of ``scores[defect]``) when the histogram tracks PRO."""
+        index = self.index(scores)
+        n_bins = self._pixels.size
+        self._pixels += np.bincount(index, minlength=n_bins)
+        defect_index = index[defect]
+        self._defects += np.bincount(defect_index, minlength=n_bins)
+        if self._overlap is not None:
+            self._overlap += np.bincount(defect_index, weights=overlap, minlength=n_bins)
+
+    def cells(self) -> Cells:
+        """The non-empty bins, highest scores first."""
+        kept = np.flatnonzero(self._pixels)[::-1]
+        defects = self._defects[kept]
+        overlap = None if self._overlap is None else self._overlap[kept]
+        return Cells(self._pixels[kept] - defects, defects, overlap, binned=True)
+
+
+class PixelStream:
+    """Accumulates (maps, masks) batches into ``Cells`` for pixel AUROC and, with ``regions``, PRO.
+
+    Exact while at most ``pixel_budget`` pixels have been seen: it keeps float32 scores, bool masks and, for PRO,
+    the region size of each defect pixel (its overlap increment depends on nothing else), about 5 bytes a pixel;
+    ``cells()`` then sorts them, about 45 bytes a pixel at its peak. Past the budget it switches for good to a
+    ``ScoreHistogram`` of ``bins`` inner bins spanning the exact prefix's score range (24 bytes a bin, ~3 bins per
+    inner bin with the tails), and memory stops growing. Regions never span two images, so region sizes are known
+    batch by batch and the per-region overlap histograms of PRO collapse into one histogram weighted by 1/|region|.
+    """
+
+    def __init__(self, *, regions: bool, pixel_budget: int = DEFAULT_PIXEL_BUDGET, bins: int = DEFAULT_BINS) -> None:
+        self.regions, self.pixel_budget, self.bins = regions, int(pixel_budget), int(bins)
+        self.n_regions = 0
+        self._scores: list[np.ndarray] = []
+        self._defects: list[np.ndarray] = []
+        self._region_sizes: list[np.ndarray] = []
+        self._stored = 0
+        self.histogram: ScoreHistogram | None = None
+
+    def add(self, maps: Any, masks: Any) -> None:
+        """Take one batch: maps (B, H, W) float32, masks (B, H, W) of 0/1 (numpy or torch)."""
+        maps, defect = _pixels(maps, masks)
+        sizes = np.zeros(0, dtype=np.int64)
+        if self.regions:
+            sizes, n_regions = defect_region_sizes(defect)
+            self.n_regions += n_regions
+        scores, defect = maps.ravel(), defect.ravel()
+        if self.histogram is not None:
+            self.histogram.add(scores, defect, self._weights(sizes))
+            return
+        self._scores.append(scores)
+        self._defects.append(defect)
+        self._region_sizes.append(sizes.astype(np.int32))
+        self._stored += scores.size
+        if self._stored > self.pixel_budget:
+            self._switch_to_histogram()
+
+    def _weights(self, region_sizes: np.ndarray) -> np.ndarray | None:
+        return 1.0 / region_sizes if self.regions else None
+
+    def _prefix(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        return np.concatenate(self._scores), np.concatenate(self._defects), np.concatenate(self._region_sizes)
+
+    def _switch_to_histogram(self) -> None:
+        scores, defect, sizes = self._prefix()
+        self._scores, self._defects, self._region_sizes = [], [], []
+        self.histogram = ScoreHistogram(scores.min(), scores.max(), self.bins, with_overlap=self.regions)
+        self.histogram.add(scores, defect, self._weights(sizes))
+
+    def cells(self) -> Cells:
+        """Everything seen so far, as exact cells (under the budget) or as histogram bins."""
+        if self.histogram is not None:
+            return self.histogram.cells()
+        if not self._scores:
+            return exact_cells(np.zeros(0, np.float32), np.zeros(0, bool), np.zeros(0) if self.regions else None)
+        scores, defect, sizes = self._prefix()
+        return exact_cells(scores, defect, _overlap_weights(defect, sizes) if self.regions else None)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Metric plugins
+
+
+def _check_stream_params(metric: str, pixel_budget: int, bins: int) -> None:
+    if pixel_budget < 0:
+        raise UserError(f"{metric}: parameter pixel_budget must be >= 0, got {pixel_budget}")
+    if bins < 1:
+        raise UserError(f"{metric}: parameter bins must be >= 1, got {bins}")
+
+
+def _check_max_fpr(max_fpr: float, where: str) -> None:
+    if not 0.0 < max_fpr <= 1.0:
+        raise UserError(f"{where} must be in (0, 1], got {max_fpr}")
+
+
+def _warn_if_loose(metric: str, bound: float) -> None:
+    if bound > BOUND_WARNING:
+        warnings.warn(f"{metric}: the binned value is only guaranteed to within {bound:.2g} (> {BOUND_WARNING}); "
+                      "raise the metric's bins or pixel_budget", stacklevel=3)
+
+
+class PixelAUROC:
+    """Pixel-level AUROC over every test pixel, defect pixels positive; a fraction in [0, 1].
+
+    Equals sklearn.metrics.roc_auc_score on all pixels (ties count one half) while the test set fits in
+    ``pixel_budget`` pixels; beyond it the value comes from ``bins``-bin histograms and ``error_bound`` (set by
+    ``compute``) is the guaranteed maximum |error| (see the module docstring).
+    """
+
+    def __init__(self, pixel_budget: int = DEFAULT_PIXEL_BUDGET, bins: int = DEFAULT_BINS) -> None:
+        _check_stream_params("pixel_auroc", pixel_budget, bins)
+        self._stream = PixelStream(regions=False, pixel_budget=pixel_budget, bins=bins)
+        self.error_bound = 0.0
+
+    def update(self, scores: Scores, batch: Batch) -> None:
+        self._stream.add(scores.maps, batch.masks)
+
+    def compute(self, resources: Resources) -> float:
+        value, self.error_bound = auroc_from_cells(self._stream.cells(), "pixel_auroc", "normal pixels",
+                                                   "defect pixels")
+        _warn_if_loose("pixel_auroc", self.error_bound)
+        return value
+
+
+class PRO:
+    """Per-region overlap integrated up to ``max_fpr`` and divided by it, as the official MVTec AD evaluation; a
+    fraction in [0, 1]. Regions are the 8-connected components of each ground-truth mask; good images add normal
+    pixels. Exact under ``pixel_budget`` pixels, binned beyond with ``error_bound`` as for ``PixelAUROC``.
+    """
+
+    def __init__(self, max_fpr: float = DEFAULT_MAX_FPR, pixel_budget: int = DEFAULT_PIXEL_BUDGET,
+                 bins: int = DEFAULT_BINS) -> None:
+        _check_max_fpr(max_fpr, "pro: parameter max_fpr")
+        _check_stream_params("pro", pixel_budget, bins)
+        self.max_fpr = float(max_fpr)
+        self._stream = PixelStream(regions=True, pixel_budget=pixel_budget, bins=bins)
+        self.error_bound = 0.0
+
+    def update(self, scores: Scores, batch: Batch) -> None:
+        self._stream.add(scores.maps, batch.masks)
+
+    def compute(self, resources: Resources) -> float:
+        value, self.error_bound = pro_from_cells(self._stream.cells(), self._stream.n_regions, self.max_fpr, "pro")
+        _warn_if_loose("pro", self.error_bound)
+        return value
+
+
+class ImageAUROC:
+    """Image-level AUROC of the method's own image scores (PaDiM's: the maximum of the map) against the image
+    labels; a fraction in [0, 1], exact (equals sklearn.metrics.roc_auc_score)."""
+
+    def __init__(self) -> None:
+        self._scores: list[np.ndarray] = []
+        self._labels: list[np.ndarray] = []
+
+    def update(self, scores: Scores, batch: Batch) -> None:
+        self._scores.append(_finite(np.asarray(scores.image_scores), "image scores"))
+        self._labels.append(batch.labels.detach().cpu().numpy() != 0)
+
+    def compute(self, resources: Resources) -> float:
+        scores = np.concatenate(self._scores) if self._scores else np.zeros(0)
+        labels = np.concatenate(self._labels) if self._labels else np.zeros(0, bool)
+        return auroc_from_cells(exact_cells(scores, labels), "image_auroc", "normal images", "anomalous images")[0]
+
+
+class ResourceMetric:
+    """A figure the runner measured around the cell (``anombench.api.Resources``); the batches are ignored.
+
+    NaN means the runner did not measure it (e.g. no CUDA peak on a CPU run): tables show it as not applicable.
+    """
+
+    field: ClassVar[str]
+
+    def update(self, scores: Scores, batch: Batch) -> None:
+        """Nothing to accumulate: the runner measures resources around the whole cell."""
+
+    def compute(self, resources: Resources) -> float:
+        return float(getattr(resources, self.field))
+
+
+class FitSeconds(ResourceMetric):
+    """Wall time of ``fit`` in seconds, data loading included (end to end, what a user waits for)."""
+
+    field = "fit_seconds"
+
+
+class InferSecondsPerImage(ResourceMetric):
+    """Inference wall time per test image in seconds, data loading included (total test time / test images)."""
+
+    field = "infer_seconds_per_image"
+
+
+class PeakRssGB(ResourceMetric):
+    """Peak resident memory of the process during the cell, in GB (1e9 bytes)."""
+
+    field = "peak_rss_gb"
+
+
+class PeakCudaGB(ResourceMetric):
+    """Peak CUDA memory allocated during the cell, in GB (1e9 bytes); NaN when the cell did not use CUDA."""
+
+    field = "peak_cuda_gb"
+
+
+class ModelGB(ResourceMetric):
+    """Size of the fitted model's learned state, in GB (1e9 bytes) (Table VIII)."""
+
+    field = "model_gb"
+
+
+METRICS: dict[str, type] = {
+    "pixel_auroc": PixelAUROC,
+    "pro": PRO,
+    "image_auroc": ImageAUROC,
+    "fit_seconds": FitSeconds,
+    "infer_seconds_per_image": InferSecondsPerImage,
+    "peak_rss_gb": PeakRssGB,
+    "peak_cuda_gb": PeakCudaGB,
+    "model_gb": ModelGB,
+}
+
+
+@hookimpl
+def anombench_register_metrics(register: Any) -> None:
+    for name, factory in METRICS.items():
+        register(name, factory)
