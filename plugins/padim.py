@@ -1,1 +1,486 @@
-"""PaDiM (Defard et al. 2020) as a method plugin."""
+"""PaDiM (Defard et al., ICPR 2020): one Gaussian per patch position over pretrained CNN features.
+
+The pure torch model (``LowerRowBlocks``, ``StreamingMoments``, ``PatchGaussian``, ``PadimHead`` and the map
+post-processing) is separate from the plugin class ``PaDiM`` that wires it to a backbone and to anombench.
+
+Numerics, and why:
+- Fit streams: per position a count, a float64 shift (the first batch's mean), the float64 sum of shifted
+  vectors and the float64 lower triangle of their scatter matrix. Memory is fixed by positions x dim^2, never by
+  the number of images, and shifting before summing keeps the one-pass formula free of cancellation.
+- Sigma + eps I is factored by Cholesky, Sigma = C C^T, and we keep W = C^-1 (lower triangular), since
+  (x - mu)^T Sigma^-1 (x - mu) = ||W (x - mu)||^2. No general inverse is ever formed (this torch build's batched
+  CPU ``linalg.inv`` is wrong above ~150 dims at 2 threads), and the fit compares W^T W with numpy's inverse
+  on sampled positions and raises if they disagree.
+- W is stored in float32 by row blocks of ``ROW_BLOCK`` rows: block k holds rows r_k..r_k+1 and only columns
+  0..r_k+1, so the zero upper triangle is (almost) not stored and scoring is plain batched matmuls on those blocks
+  with no unpacking. For WR50-Rd550 at 224 input this is 1.96 GB instead of 3.8 GB for dense float32 inverses,
+  and half the multiply-adds of a dense quadratic form.
+- PCA-k (Table II) needs no second pass: the pooled covariance of all training embeddings is the mixture of the
+  per-position Gaussians, and projecting a Gaussian on the top-k eigenvectors V gives V^T mu, V^T Sigma V exactly.
+- Maps: distances on the feature grid, bicubic upsampling to the input size (align_corners=False), then a
+  Gaussian filter with sigma 4 equal to ``scipy.ndimage.gaussian_filter(sigma=4)``'s defaults: the kernel is
+  truncated at int(4 sigma + 0.5) = 16 pixels (33 taps) and borders are extended by half-sample symmetric
+  reflection (scipy's mode "reflect": d c b a | a b c d). Image score = max of the map.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Iterable, Literal
+
+import numpy as np
+import psutil
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+
+from anombench import hookimpl
+from anombench.api import Batch, Scores
+from anombench.errors import UserError
+from anombench_plugins.backbones import FeatureExtractor, FeatureMaps, LayerSpec
+
+Reduction = Literal["random", "pca", "none"]
+REDUCTIONS = ("random", "pca", "none")
+ROW_BLOCK = 16  # 1.96 GB for WR50-Rd550 (32 would give 2.01 GB, over the 2.0 GB budget)
+GAUSSIAN_SIGMA = 4.0
+GAUSSIAN_TRUNCATE = 4.0  # scipy.ndimage's default: radius int(4 * sigma + 0.5)
+PAPER_N_FEATURES = {"resnet18": 100, "wide_resnet50_2": 550}  # Rd-100 and Rd-550; other backbones keep all
+INVERSE_CHECK_POSITIONS = 8
+INVERSE_CHECK_TOLERANCE = 1e-4  # relative Frobenius error of W^T W against numpy's float64 inverse
+CHUNK_BYTES = 64e6  # size of the dense float64 temporaries in fit_end
+MEMORY_FRACTION = 0.8  # of the available RAM the float64 fit statistics may take
+
+
+# ---------------------------------------------------------------------------------------------- storage
+
+
+class LowerRowBlocks:
+    """One lower-triangular D x D matrix per patch position, stored by row blocks.
+
+    Block k has shape (positions, r_{k+1} - r_k, r_{k+1}): rows r_k..r_{k+1}, columns 0..r_{k+1}. Only the small
+    upper part of each diagonal block is stored in excess, so storage is D^2 (1 + 1/K) / 2 for K blocks.
+    """
+
+    def __init__(self, blocks: list[torch.Tensor]) -> None:
+        self.blocks = blocks
+        self.bounds = [0] + [int(b.shape[2]) for b in blocks]
+
+    @staticmethod
+    def shapes(dim: int) -> list[tuple[int, int]]:
+        """(rows, columns) of each block for D = dim."""
+        ends = list(range(ROW_BLOCK, dim, ROW_BLOCK)) + [dim]
+        return [(e - s, e) for s, e in zip([0] + ends[:-1], ends)]
+
+    @classmethod
+    def zeros(cls, positions: int, dim: int, dtype: torch.dtype, device: torch.device | str) -> LowerRowBlocks:
+        return cls([torch.zeros(positions, r, c, dtype=dtype, device=device) for r, c in cls.shapes(dim)])
+
+    @property
+    def dim(self) -> int:
+        return self.bounds[-1]
+
+    @property
+    def nbytes(self) -> int:
+        return sum(b.numel() * b.element_size() for b in self.blocks)
+
+    def _rows(self, k: int) -> slice:
+        return slice(self.bounds[k], self.bounds[k + 1])
+
+    def add_gram(self, x: torch.Tensor) -> None:
+        """Add the lower triangle of x^T x per position; x is (positions, n, D)."""
+        for k, block in enumerate(self.blocks):
+            block.baddbmm_(x[:, :, self._rows(k)].transpose(1, 2), x[:, :, : self.bounds[k + 1]])
+
+    def dense(self, positions: slice) -> torch.Tensor:
+        """The stored matrices of ``positions`` as dense (p, D, D) lower-triangular tensors."""
+        first = self.blocks[0][positions]
+        out = first.new_zeros(first.shape[0], self.dim, self.dim)
+        for k, block in enumerate(self.blocks):
+            out[:, self._rows(k), : self.bounds[k + 1]] = block[positions]
+        return out.tril()
+
+    def set_dense(self, positions: slice, matrices: torch.Tensor) -> None:
+        """Store the lower triangles of dense (p, D, D) matrices at ``positions``."""
+        lower = matrices.tril()
+        for k, block in enumerate(self.blocks):
+            block[positions] = lower[:, self._rows(k), : self.bounds[k + 1]].to(block.dtype)
+
+    def squared_norms(self, d: torch.Tensor) -> torch.Tensor:
+        """||L d||^2 for every position and vector; d is (positions, n, D), the result (positions, n)."""
+        total = d.new_zeros(d.shape[:2])
+        for k, block in enumerate(self.blocks):
+            y = torch.bmm(d[:, :, : self.bounds[k + 1]], block.transpose(1, 2))
+            total += (y * y).sum(-1)
+        return total
+
+
+def position_chunks(positions: int, dim: int) -> Iterable[slice]:
+    """Slices of positions whose dense float64 D x D temporaries stay near CHUNK_BYTES."""
+    step = max(1, int(CHUNK_BYTES // (dim * dim * 8)))
+    return (slice(s, min(s + step, positions)) for s in range(0, positions, step))
+
+
+def symmetric_from_lower(lower: torch.Tensor) -> torch.Tensor:
+    return lower + lower.tril(-1).transpose(1, 2)
+
+
+# ---------------------------------------------------------------------------------------------- statistics
+
+
+class StreamingMoments:
+    """Per-position count, mean and scatter of vectors seen batch by batch, in float64."""
+
+    def __init__(self, positions: int, dim: int, device: torch.device | str) -> None:
+        self.positions, self.dim, self.count = positions, dim, 0
+        self.shift = torch.zeros(positions, dim, dtype=torch.float64, device=device)
+        self.total = torch.zeros_like(self.shift)
+        self.scatter = LowerRowBlocks.zeros(positions, dim, torch.float64, device)
+
+    @staticmethod
+    def nbytes_for(positions: int, dim: int) -> int:
+        stored = sum(r * c for r, c in LowerRowBlocks.shapes(dim))
+        return 8 * positions * (stored + 2 * dim)
+
+    def update(self, x: torch.Tensor) -> None:
+        """Add vectors x of shape (positions, n, dim)."""
+        x = x.to(torch.float64)
+        if self.count == 0:
+            self.shift = x.mean(1)
+        centred = x - self.shift[:, None, :]
+        self.total += centred.sum(1)
+        self.scatter.add_gram(centred)
+        self.count += x.shape[1]
+
+    def mean(self) -> torch.Tensor:
+        return self.shift + self.total / self.count
+
+    def covariance(self, positions: slice) -> torch.Tensor:
+        """Unbiased covariance (p, dim, dim) of ``positions``, float64."""
+        if self.count < 2:
+            raise UserError(f"PaDiM needs at least 2 training images to estimate a covariance, got {self.count}")
+        s = self.total[positions]
+        scatter = symmetric_from_lower(self.scatter.dense(positions))
+        return (scatter - s[:, :, None] * s[:, None, :] / self.count) / (self.count - 1)
+
+    def pooled_covariance(self) -> torch.Tensor:
+        """Covariance of all training vectors of all positions together (dim, dim): the PCA target.
+
+        Law of total covariance: (n-1) sum_p Sigma_p + n sum_p (mu_p - mu)(mu_p - mu)^T over nP - 1.
+        """
+        means = self.mean()
+        spread = means - means.mean(0)
+        within = sum(self.covariance(chunk).sum(0) for chunk in position_chunks(self.positions, self.dim))
+        scatter = (self.count - 1) * within + self.count * spread.T @ spread
+        return scatter / (self.count * self.positions - 1)
+
+
+def whitening_factor(covariance: torch.Tensor) -> torch.Tensor:
+    """W = C^-1 with covariance = C C^T (Cholesky), batched, so that Sigma^-1 = W^T W."""
+    factor, info = torch.linalg.cholesky_ex(covariance)
+    if int(info.max()) > 0:
+        raise RuntimeError("PaDiM: a covariance + eps I is not positive definite; is eps > 0?")
+    eye = torch.eye(covariance.shape[-1], dtype=covariance.dtype, device=covariance.device)
+    return torch.linalg.solve_triangular(factor, eye.expand_as(factor), upper=False)
+
+
+def check_inverse(covariances: np.ndarray, factors: np.ndarray, positions: list[int]) -> None:
+    """Fail loudly when the stored factor does not invert the covariance (numpy float64 is the judge)."""
+    for p, cov, w in zip(positions, covariances, factors):
+        expected = np.linalg.inv(cov)
+        error = np.linalg.norm(w.T @ w - expected) / np.linalg.norm(expected)
+        if not error <= INVERSE_CHECK_TOLERANCE:
+            raise RuntimeError(
+                f"PaDiM: inverse covariance at position {p} is off by {error:.2e} (relative) compared with numpy; "
+                "the linear-algebra backend gives wrong results, refusing to continue"
+            )
+
+
+class PatchGaussian:
+    """The fitted model: per-position mean (P, D) and whitening factor W (lower, row blocks), both float32."""
+
+    def __init__(self, mean: torch.Tensor, whitener: LowerRowBlocks) -> None:
+        self.mean = mean
+        self.whitener = whitener
+
+    @classmethod
+    def from_moments(cls, moments: StreamingMoments, eps: float,
+                     projection: torch.Tensor | None = None) -> PatchGaussian:
+        """Sigma_p + eps I (optionally projected: V^T Sigma_p V + eps I) -> factor, with the inverse self-check."""
+        mean = moments.mean()
+        v = projection.to(torch.float64) if projection is not None else None
+        if v is not None:
+            mean = mean @ v
+        dim = mean.shape[1]
+        whitener = LowerRowBlocks.zeros(moments.positions, dim, torch.float32, mean.device)
+        eye = torch.eye(dim, dtype=torch.float64, device=mean.device)
+        checked = np.linspace(0, moments.positions - 1, INVERSE_CHECK_POSITIONS).round().astype(int).tolist()
+        for chunk in position_chunks(moments.positions, max(dim, moments.dim)):
+            cov = moments.covariance(chunk)
+            if v is not None:
+                cov = v.T @ cov @ v
+            cov = cov + eps * eye
+            whitener.set_dense(chunk, whitening_factor(cov))
+            mine = [p for p in checked if chunk.start <= p < chunk.stop]
+            if mine:
+                local = [p - chunk.start for p in mine]
+                stored = whitener.dense(slice(chunk.start, chunk.stop))[local]
+                check_inverse(cov[local].cpu().numpy(), stored.double().cpu().numpy(), mine)
+        return cls(mean.to(torch.float32), whitener)
+
+    @property
+    def nbytes(self) -> int:
+        return self.mean.numel() * self.mean.element_size() + self.whitener.nbytes
+
+    def mahalanobis(self, x: torch.Tensor) -> torch.Tensor:
+        """Distances (positions, n) of vectors x (positions, n, D), all positions at once."""
+        return self.whitener.squared_norms(x - self.mean[:, None, :]).clamp_min_(0).sqrt_()
+
+
+# ---------------------------------------------------------------------------------------------- embedding
+
+
+def embedding_concat(maps: list[torch.Tensor]) -> torch.Tensor:
+    """Concatenate feature maps on the grid of the largest one, coarser maps upsampled by nearest neighbour."""
+    size = max((m.shape[-2:] for m in maps), key=lambda s: s[0] * s[1])
+    return torch.cat([m if m.shape[-2:] == size else F.interpolate(m, size=tuple(size), mode="nearest")
+                      for m in maps], dim=1)
+
+
+def position_major(embedding: torch.Tensor) -> torch.Tensor:
+    """(B, C, H, W) -> (H*W, B, C): the layout in which every position is one batched matrix."""
+    b, c, h, w = embedding.shape
+    return embedding.permute(2, 3, 0, 1).reshape(h * w, b, c)
+
+
+class PadimHead:
+    """Everything PaDiM does after the backbone, for one set of layers: embedding, reduction, Gaussians, distances.
+
+    The random channel subset is drawn once, at construction, from ``generator`` (owned by the caller and saved
+    with it), sorted so it can be gathered layer by layer before the upsampling.
+    """
+
+    def __init__(self, layers: list[str], channels: dict[str, int], reduction: Reduction, n_features: int | None,
+                 eps: float, generator: torch.Generator) -> None:
+        total = sum(channels[name] for name in layers)
+        if reduction not in REDUCTIONS:
+            raise UserError(f"PaDiM parameter reduction='{reduction}' is not one of {', '.join(REDUCTIONS)}")
+        if reduction == "none" and n_features not in (None, total):
+            raise UserError(f"PaDiM parameter n_features={n_features} needs reduction 'random' or 'pca'")
+        k = total if n_features is None else n_features
+        if not 1 <= k <= total:
+            raise UserError(f"PaDiM parameter n_features={n_features} must be in 1..{total} (channels of {layers})")
+        if eps <= 0:
+            raise UserError(f"PaDiM parameter eps={eps} must be > 0 (it keeps every covariance invertible)")
+        self.layers, self.channels, self.reduction, self.n_features, self.eps = layers, channels, reduction, k, eps
+        self.index: torch.Tensor | None = None
+        if reduction == "random" and k < total:
+            self.index = torch.randperm(total, generator=generator)[:k].sort().values
+        self.projection: torch.Tensor | None = None
+        self.moments: StreamingMoments | None = None
+        self.gaussian: PatchGaussian | None = None
+
+    def embedding(self, features: FeatureMaps) -> torch.Tensor:
+        """Position-major embedding (H*W, B, D) before PCA: selected channels of each layer, concatenated."""
+        maps = [features[name] for name in self.layers]
+        if self.index is not None:
+            index = self.index.to(maps[0].device)
+            offsets = np.cumsum([0] + [m.shape[1] for m in maps])
+            maps = [m.index_select(1, index[(index >= lo) & (index < hi)] - lo)
+                    for m, lo, hi in zip(maps, offsets[:-1], offsets[1:])]
+        return position_major(embedding_concat(maps))
+
+    def fit_begin(self) -> None:
+        self.moments, self.gaussian, self.projection = None, None, None
+
+    def fit_step(self, features: FeatureMaps) -> None:
+        x = self.embedding(features)
+        if self.moments is None:
+            self.moments = self._new_moments(x.shape[0], x.shape[2], x.device)
+        self.moments.update(x)
+
+    @staticmethod
+    def _new_moments(positions: int, dim: int, device: torch.device) -> StreamingMoments:
+        needed = StreamingMoments.nbytes_for(positions, dim)
+        available = psutil.virtual_memory().available
+        if needed > MEMORY_FRACTION * available:
+            raise UserError(f"PaDiM fit statistics for {dim} dims x {positions} positions need {needed / 1e9:.1f} GB "
+                            f"of float64, more than {MEMORY_FRACTION:.0%} of the {available / 1e9:.1f} GB available; "
+                            "use reduction 'random' with a smaller n_features")
+        return StreamingMoments(positions, dim, device)
+
+    def fit_end(self) -> None:
+        if self.moments is None or self.moments.count < 2:
+            raise UserError("PaDiM needs at least 2 training images")
+        if self.reduction == "pca" and self.n_features < self.moments.dim:
+            self.projection = principal_axes(self.moments.pooled_covariance(), self.n_features).to(torch.float32)
+        self.gaussian = PatchGaussian.from_moments(self.moments, self.eps, self.projection)
+        self.moments = None
+
+    def distances(self, features: FeatureMaps) -> torch.Tensor:
+        """Mahalanobis distance maps (B, h, w) on the embedding grid."""
+        if self.gaussian is None:
+            raise RuntimeError("PaDiM: score before fit")
+        x = self.embedding(features)
+        if self.projection is not None:
+            x = x @ self.projection.to(x.device)
+        h, w = max((tuple(features[n].shape[-2:]) for n in self.layers), key=lambda s: s[0] * s[1])
+        return self.gaussian.mahalanobis(x).T.reshape(-1, h, w)
+
+    @property
+    def nbytes(self) -> int:
+        extra = [t for t in (self.index, self.projection) if t is not None]
+        return (self.gaussian.nbytes if self.gaussian else 0) + sum(t.numel() * t.element_size() for t in extra)
+
+    def state(self, prefix: str) -> dict[str, torch.Tensor]:
+        """The fitted tensors under ``prefix``, for a safetensors file."""
+        if self.gaussian is None:
+            raise RuntimeError("PaDiM: save before fit")
+        state = {f"{prefix}mean": self.gaussian.mean}
+        state |= {f"{prefix}whitener.{k}": b for k, b in enumerate(self.gaussian.whitener.blocks)}
+        if self.index is not None:
+            state[f"{prefix}index"] = self.index
+        if self.projection is not None:
+            state[f"{prefix}projection"] = self.projection
+        return {k: v.contiguous().cpu() for k, v in state.items()}
+
+    def load_state(self, state: dict[str, torch.Tensor], prefix: str, device: torch.device) -> None:
+        count = sum(1 for key in state if key.startswith(f"{prefix}whitener."))
+        blocks = [state[f"{prefix}whitener.{k}"].to(device) for k in range(count)]
+        self.gaussian = PatchGaussian(state[f"{prefix}mean"].to(device), LowerRowBlocks(blocks))
+        self.index = state.get(f"{prefix}index", self.index)
+        self.projection = state[f"{prefix}projection"].to(device) if f"{prefix}projection" in state else None
+
+
+def principal_axes(covariance: torch.Tensor, k: int) -> torch.Tensor:
+    """The k eigenvectors of largest eigenvalue (dim, k), by numpy's symmetric eigensolver in float64."""
+    values, vectors = np.linalg.eigh(covariance.cpu().numpy())
+    order = np.argsort(values)[::-1][:k]
+    return torch.from_numpy(np.ascontiguousarray(vectors[:, order])).to(covariance.device)
+
+
+# ---------------------------------------------------------------------------------------------- maps
+
+
+def gaussian_kernel(sigma: float = GAUSSIAN_SIGMA, truncate: float = GAUSSIAN_TRUNCATE) -> torch.Tensor:
+    radius = int(truncate * sigma + 0.5)
+    x = torch.arange(-radius, radius + 1, dtype=torch.float64)
+    kernel = torch.exp(-0.5 * (x / sigma) ** 2)
+    return kernel / kernel.sum()
+
+
+def reflect_indices(n: int, radius: int) -> torch.Tensor:
+    """Indices padding a length-n axis by ``radius`` with half-sample symmetric reflection (any radius vs n)."""
+    i = torch.arange(-radius, n + radius) % (2 * n)
+    return torch.where(i < n, i, 2 * n - 1 - i)
+
+
+def gaussian_blur(maps: torch.Tensor, sigma: float = GAUSSIAN_SIGMA, truncate: float = GAUSSIAN_TRUNCATE) -> torch.Tensor:
+    """Separable Gaussian filter of (B, H, W) maps, equal to scipy.ndimage.gaussian_filter(mode='reflect')."""
+    kernel = gaussian_kernel(sigma, truncate).to(maps)
+    radius = (kernel.numel() - 1) // 2
+    h, w = maps.shape[-2:]
+    x = maps[:, None].index_select(3, reflect_indices(w, radius).to(maps.device))
+    x = F.conv2d(x, kernel.view(1, 1, 1, -1))
+    x = x.index_select(2, reflect_indices(h, radius).to(maps.device))
+    return F.conv2d(x, kernel.view(1, 1, -1, 1))[:, 0]
+
+
+def anomaly_maps(distances: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Distance maps (B, h, w) -> bicubic upsampling to ``size`` -> Gaussian filter, sigma 4."""
+    up = F.interpolate(distances[:, None], size=size, mode="bicubic", align_corners=False)[:, 0]
+    return gaussian_blur(up)
+
+
+def to_scores(maps: torch.Tensor) -> Scores:
+    maps32 = maps.to(torch.float32).cpu().numpy()
+    return Scores(maps=maps32, image_scores=maps32.reshape(maps32.shape[0], -1).max(1))
+
+
+# ---------------------------------------------------------------------------------------------- the plugin
+
+
+class PaDiM:
+    """PaDiM as an anombench method: one backbone pass, one head, maps at input resolution.
+
+    ``n_features`` None means the paper's Rd size for the backbone (100 for resnet18, 550 for wide_resnet50_2)
+    capped at the embedding's channels, and all channels for the other backbones.
+    """
+
+    def __init__(self, backbone: str = "resnet18", layers: list[LayerSpec] | None = None, weights: str = "imagenet",
+                 reduction: Reduction = "random", n_features: int | None = None, eps: float = 0.01,
+                 device: str = "cpu", seed: int = 0) -> None:
+        self.config = dict(backbone=backbone, layers=layers, weights=weights, reduction=reduction,
+                           n_features=n_features, eps=eps, seed=seed)
+        self.extractor = FeatureExtractor(backbone, layers, weights, device, seed)
+        self.generator = torch.Generator().manual_seed(seed)
+        channels = self.extractor.channels()
+        total = sum(channels[name] for name in self.extractor.layers)
+        if n_features is None and reduction != "none":
+            n_features = min(PAPER_N_FEATURES.get(backbone, total), total)
+        self.head = PadimHead(self.extractor.layers, channels, reduction, n_features, eps, self.generator)
+
+    # SharesFeatures: fit and score_maps below are exactly these steps composed.
+    def feature_key(self) -> str:
+        return self.extractor.key()
+
+    def extract(self, images: torch.Tensor) -> FeatureMaps:
+        return self.extractor(images)
+
+    def fit_begin(self) -> None:
+        self.head.fit_begin()
+
+    def fit_step(self, features: FeatureMaps) -> None:
+        self.head.fit_step(features)
+
+    def fit_end(self) -> None:
+        self.head.fit_end()
+
+    def score_features(self, features: FeatureMaps, batch: Batch) -> Scores:
+        maps = anomaly_maps(self.head.distances(features), tuple(batch.images.shape[-2:]))
+        return to_scores(maps)
+
+    # Method
+    def fit(self, train: Iterable[Batch]) -> None:
+        self.fit_begin()
+        for batch in train:
+            self.fit_step(self.extract(batch.images))
+        self.fit_end()
+
+    def score_maps(self, batch: Batch) -> Scores:
+        return self.score_features(self.extract(batch.images), batch)
+
+    # ModelSize
+    def model_bytes(self) -> int:
+        return self.head.nbytes
+
+    # persistence: one safetensors file, the configuration as JSON metadata
+    def save(self, path: str | Path) -> None:
+        state = self.head.state("head.") | {"generator_state": self.generator.get_state()}
+        save_file(state, str(path), metadata={"anombench.padim": json.dumps(self.config)})
+
+    @classmethod
+    def load(cls, path: str | Path, device: str = "cpu") -> PaDiM:
+        config, state = read_model_file(path, "anombench.padim")
+        model = cls(**config, device=device)
+        model.generator.set_state(state["generator_state"])
+        model.head.load_state(state, "head.", model.extractor.device)
+        return model
+
+
+def read_model_file(path: str | Path, kind: str) -> tuple[dict, dict[str, torch.Tensor]]:
+    """The JSON configuration and tensors of a model file written by ``save``; a UserError if it is not one."""
+    from safetensors import safe_open
+
+    if not Path(path).is_file():
+        raise UserError(f"model file '{path}' does not exist")
+    with safe_open(str(path), framework="pt") as f:
+        metadata = f.metadata() or {}
+    if kind not in metadata:
+        raise UserError(f"'{path}' is not a saved {kind.split('.')[-1]} model (no '{kind}' metadata)")
+    return json.loads(metadata[kind]), load_file(str(path))
+
+
+@hookimpl
+def anombench_register_methods(register) -> None:
+    register("padim", PaDiM)

@@ -1,0 +1,315 @@
+"""PaDiM against an independent float64 numpy implementation of the paper's equations, and its numerics."""
+
+from __future__ import annotations
+
+import inspect
+
+import numpy as np
+import pytest
+import scipy.ndimage
+import torch
+import torch.nn.functional as F
+
+from anombench.api import Batch
+from anombench.errors import UserError
+from anombench.plugins import registry
+from anombench_plugins.padim import (
+    LowerRowBlocks,
+    PaDiM,
+    PatchGaussian,
+    StreamingMoments,
+    check_inverse,
+    embedding_concat,
+    gaussian_blur,
+    gaussian_kernel,
+    whitening_factor,
+)
+
+RNG = np.random.default_rng(0)
+
+
+def make_batch(images: torch.Tensor) -> Batch:
+    n, _, h, w = images.shape
+    return Batch(images=images, masks=torch.zeros(n, h, w, dtype=torch.uint8),
+                 labels=torch.zeros(n, dtype=torch.int64), ids=[f"img{i}" for i in range(n)])
+
+
+def random_images(n: int, h: int = 64, w: int = 96, seed: int = 0) -> torch.Tensor:
+    """Smooth-ish random images: a shared pattern plus noise, so training images resemble each other."""
+    g = torch.Generator().manual_seed(seed)
+    base = torch.rand(1, 3, h // 8, w // 8, generator=g)
+    pattern = F.interpolate(base, size=(h, w), mode="bilinear", align_corners=False)
+    return (pattern + 0.1 * torch.rand(n, 3, h, w, generator=g)).clamp(0, 1)
+
+
+@pytest.fixture
+def two_threads():
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(before)
+
+
+# ------------------------------------------------------------------------------ the independent reference
+
+
+def np_cubic_matrix(n_in: int, n_out: int) -> np.ndarray:
+    """Interpolation matrix (n_out, n_in) of cubic convolution (Keys, a = -0.75), half-pixel centres,
+    taps clamped to the border: what bicubic upsampling with align_corners=False means."""
+    a = -0.75
+    m = np.zeros((n_out, n_in))
+    for o in range(n_out):
+        x = (o + 0.5) * n_in / n_out - 0.5
+        i = int(np.floor(x))
+        t = x - i
+        for tap in range(-1, 3):
+            s = abs(t - tap)
+            wgt = ((a + 2) * s - (a + 3)) * s * s + 1 if s <= 1 else ((a * s - 5 * a) * s + 8 * a) * s - 4 * a
+            m[o, min(max(i + tap, 0), n_in - 1)] += wgt
+    return m
+
+
+def np_padim_maps(train_features: list[dict], test_features: dict, layers: list[str], index: np.ndarray | None,
+                  pca_k: int | None, eps: float, size: tuple[int, int]) -> np.ndarray:
+    """The paper in numpy float64: nearest-upsampled concat, channel choice, per-position mean and covariance
+    + eps I, inverse, Mahalanobis distance, bicubic upsampling, Gaussian sigma 4 (scipy)."""
+
+    def embed(features: dict) -> np.ndarray:
+        maps = [features[name].double().numpy() for name in layers]
+        h = max(m.shape[2] for m in maps)
+        w = max(m.shape[3] for m in maps)
+        up = [m.repeat(h // m.shape[2], axis=2).repeat(w // m.shape[3], axis=3) for m in maps]
+        e = np.concatenate(up, axis=1)
+        return e if index is None else e[:, index]
+
+    train = np.concatenate([embed(f) for f in train_features])  # (N, C, H, W)
+    test = embed(test_features)
+    n, c, h, w = train.shape
+    if pca_k is not None:
+        pooled = train.transpose(0, 2, 3, 1).reshape(-1, c)
+        values, vectors = np.linalg.eigh(np.cov(pooled, rowvar=False))
+        v = vectors[:, np.argsort(values)[::-1][:pca_k]]
+        train = np.einsum("nchw,ck->nkhw", train, v)
+        test = np.einsum("nchw,ck->nkhw", test, v)
+    dist = np.zeros((test.shape[0], h, w))
+    for i in range(h):
+        for j in range(w):
+            x = train[:, :, i, j]
+            mu = x.mean(0)
+            cov = np.cov(x, rowvar=False) + eps * np.eye(x.shape[1])
+            d = test[:, :, i, j] - mu
+            dist[:, i, j] = np.sqrt(np.einsum("bi,ij,bj->b", d, np.linalg.inv(cov), d))
+    mh, mw = np_cubic_matrix(h, size[0]), np_cubic_matrix(w, size[1])
+    up = np.einsum("Hh,bhw,Ww->bHW", mh, dist, mw)
+    return np.stack([scipy.ndimage.gaussian_filter(m, sigma=4) for m in up])
+
+
+@pytest.mark.parametrize(
+    "reduction,n_features,layers",
+    [("random", 40, None), ("none", None, ["layer2", "layer3"]), ("pca", 24, None)],
+)
+def test_padim_equals_numpy_reference_of_the_paper(reduction, n_features, layers):
+    model = PaDiM(backbone="resnet18", layers=layers, weights="none", reduction=reduction, n_features=n_features,
+                  eps=0.01, seed=3)
+    train_images = random_images(30, 32, 48)
+    batches = [make_batch(train_images[:13]), make_batch(train_images[13:])]  # uneven batches on purpose
+    model.fit(batches)
+    test_images = torch.cat([random_images(2, 32, 48, seed=1), train_images[:1]])
+    scores = model.score_maps(make_batch(test_images))
+
+    index = model.head.index.numpy() if model.head.index is not None else None
+    expected = np_padim_maps([model.extract(b.images) for b in batches], model.extract(test_images),
+                             model.extractor.layers, index, n_features if reduction == "pca" else None, 0.01, (32, 48))
+    assert scores.maps.shape == (3, 32, 48) and scores.maps.dtype == np.float32
+    np.testing.assert_allclose(scores.maps, expected, rtol=1e-4)
+    np.testing.assert_allclose(scores.image_scores, expected.reshape(3, -1).max(1), rtol=1e-4)
+
+
+# ------------------------------------------------------------------------------ building blocks
+
+
+def test_embedding_concat_equals_the_reference_unfold_formulation():
+    """The reference code places each coarse cell on its s x s block of the fine grid with unfold/fold."""
+
+    def unfold_concat(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        b, c1, h1, w1 = x.shape
+        _, c2, h2, w2 = y.shape
+        s = h1 // h2
+        x = F.unfold(x, kernel_size=s, stride=s).view(b, c1, -1, h2, w2)
+        z = torch.cat([torch.cat([x[:, :, i], y], dim=1)[:, :, None] for i in range(x.size(2))], dim=2)
+        z = z.view(b, -1, h2 * w2)
+        return F.fold(z, kernel_size=s, output_size=(h1, w1), stride=s)
+
+    g = torch.Generator().manual_seed(0)
+    l1, l2, l3 = (torch.randn(2, c, s, s, generator=g) for c, s in ((5, 16), (7, 8), (3, 4)))
+    reference = unfold_concat(unfold_concat(l1, l2), l3)
+    assert torch.equal(embedding_concat([l1, l2, l3]), reference)
+
+
+def test_row_blocks_store_lower_triangles_and_compute_quadratic_forms():
+    g = torch.Generator().manual_seed(0)
+    dense = torch.randn(5, 37, 37, dtype=torch.float64, generator=g)
+    blocks = LowerRowBlocks.zeros(5, 37, torch.float64, "cpu")
+    blocks.set_dense(slice(0, 5), dense)
+    assert torch.equal(blocks.dense(slice(0, 5)), dense.tril())
+    d = torch.randn(5, 4, 37, dtype=torch.float64, generator=g)
+    expected = ((dense.tril() @ d.transpose(1, 2)) ** 2).sum(1)
+    torch.testing.assert_close(blocks.squared_norms(d), expected)
+    assert blocks.nbytes == 8 * 5 * (16 * 16 + 16 * 32 + 5 * 37)  # rows x columns of the three row blocks
+
+
+def test_streaming_moments_match_numpy_whatever_the_batching():
+    """Features far from zero with small spread: the one-pass formula must not cancel."""
+    x = 1e4 + RNG.normal(size=(50, 3, 6)) * RNG.uniform(0.01, 2, size=6)
+    moments = StreamingMoments(positions=3, dim=6, device="cpu")
+    for part in np.split(x, [1, 2, 20, 33]):  # a first batch of one image too
+        moments.update(torch.from_numpy(part).permute(1, 0, 2))
+    for p in range(3):
+        np.testing.assert_allclose(moments.mean()[p].numpy(), x[:, p].mean(0), rtol=1e-12)
+        np.testing.assert_allclose(moments.covariance(slice(p, p + 1))[0].numpy(), np.cov(x[:, p], rowvar=False),
+                                   rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(moments.pooled_covariance().numpy(), np.cov(x.reshape(-1, 6), rowvar=False),
+                               rtol=1e-9, atol=1e-12)
+
+
+def test_whitening_factor_inverts_550_dim_covariances_at_two_threads(two_threads):
+    a = RNG.normal(size=(3, 550, 600))
+    cov = a @ a.transpose(0, 2, 1) / 600 + 0.01 * np.eye(550)
+    w = whitening_factor(torch.from_numpy(cov)).numpy()
+    for c, f in zip(cov, w):
+        expected = np.linalg.inv(c)
+        assert np.linalg.norm(f.T @ f - expected) / np.linalg.norm(expected) < 1e-10
+        assert np.allclose(f, np.tril(f))
+    check_inverse(cov, w, [0, 1, 2])  # silent when right
+
+
+def test_inverse_self_check_fails_loudly():
+    cov = np.eye(4)[None] * 2.0
+    wrong = np.eye(4)[None]  # W^T W = I, not cov^-1 = I / 2
+    with pytest.raises(RuntimeError, match="position 7 is off"):
+        check_inverse(cov, wrong, [7])
+
+
+def test_pca_gaussians_equal_a_second_pass_on_projected_features():
+    x = torch.from_numpy(RNG.normal(size=(4, 40, 12)) * RNG.uniform(0.1, 3, size=12))
+    moments = StreamingMoments(4, 12, "cpu")
+    moments.update(x)
+    v = torch.linalg.qr(torch.from_numpy(RNG.normal(size=(12, 5))))[0]
+    projected = PatchGaussian.from_moments(moments, eps=0.01, projection=v)
+    second = StreamingMoments(4, 5, "cpu")
+    second.update(x @ v)
+    direct = PatchGaussian.from_moments(second, eps=0.01)
+    torch.testing.assert_close(projected.mean, direct.mean)
+    probe = torch.randn(4, 3, 5, dtype=torch.float32)
+    torch.testing.assert_close(projected.mahalanobis(probe), direct.mahalanobis(probe))
+
+
+@pytest.mark.parametrize("shape", [(224, 224), (30, 17), (9, 5)])
+def test_gaussian_blur_is_scipy_gaussian_filter_sigma4_reflect_truncate4(shape):
+    """Sizes below the 16-pixel radius exercise the repeated reflection at the borders."""
+    maps = RNG.random((2, *shape))
+    ours = gaussian_blur(torch.from_numpy(maps).float()).numpy()
+    expected = np.stack([scipy.ndimage.gaussian_filter(m, sigma=4, mode="reflect", truncate=4.0) for m in maps])
+    np.testing.assert_allclose(ours, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_gaussian_kernel_has_33_taps_and_the_border_mode_is_half_sample_symmetric():
+    kernel = gaussian_kernel()
+    assert kernel.numel() == 33 and abs(float(kernel.sum()) - 1) < 1e-12
+    ramp = torch.arange(40.0).repeat(40, 1)[None]  # value = column index
+    blurred = gaussian_blur(ramp)[0, 0]
+    # half-sample reflection mirrors the ramp about x = -0.5: the left edge sees 0,1,...,16 on both sides
+    expected_left = float((kernel * torch.cat([torch.arange(16, 0, -1) - 1, torch.arange(0, 17)])).sum())
+    assert abs(float(blurred[0]) - expected_left) < 1e-5
+
+
+# ------------------------------------------------------------------------------ the plugin
+
+
+def tiny_fitted(reduction: str = "random", n_features: int | None = 20, seed: int = 0) -> PaDiM:
+    model = PaDiM(backbone="resnet18", weights="none", reduction=reduction, n_features=n_features, seed=seed)
+    model.fit([make_batch(random_images(6, 32, 32)), make_batch(random_images(5, 32, 32, seed=2))])
+    return model
+
+
+def test_fit_and_score_are_the_shared_steps_composed():
+    lone = tiny_fitted()
+    shared = PaDiM(backbone="resnet18", weights="none", reduction="random", n_features=20, seed=0)
+    assert shared.feature_key() == lone.feature_key()
+    shared.fit_begin()
+    for images in (random_images(6, 32, 32), random_images(5, 32, 32, seed=2)):
+        shared.fit_step(lone.extract(images))
+    shared.fit_end()
+    batch = make_batch(random_images(3, 32, 32, seed=5))
+    np.testing.assert_array_equal(shared.score_features(lone.extract(batch.images), batch).maps,
+                                  lone.score_maps(batch).maps)
+
+
+def test_feature_key_tracks_what_changes_features_and_nothing_else():
+    def key(**kw) -> str:
+        return PaDiM(**{"backbone": "resnet18", "weights": "none", **kw}).feature_key()
+
+    base = key(seed=0)
+    assert key(seed=0, reduction="pca", n_features=50) == base  # the head is not part of extraction
+    assert key(seed=0, layers=["layer1"]) == base  # default taps are always extracted, so Table I shares them
+    assert key(seed=0, layers=["layer4"]) != base
+    assert key(seed=1) != base  # random init depends on the seed
+    assert key(seed=0, backbone="efficientnet_lite0") != base
+
+
+def test_channel_selection_is_seeded_and_leaves_the_global_rng_alone():
+    torch.manual_seed(123)
+    state = torch.random.get_rng_state()
+    a = PaDiM(backbone="resnet18", weights="none", seed=7)
+    assert torch.equal(torch.random.get_rng_state(), state)
+    b = PaDiM(backbone="resnet18", weights="none", seed=7)
+    c = PaDiM(backbone="resnet18", weights="none", seed=8)
+    assert a.head.n_features == 100 and torch.equal(a.head.index, b.head.index)
+    assert not torch.equal(a.head.index, c.head.index)
+
+
+def test_save_and_load_give_the_same_scores(tmp_path):
+    model = tiny_fitted(reduction="pca", n_features=12, seed=4)
+    path = tmp_path / "padim.safetensors"
+    model.save(path)
+    loaded = PaDiM.load(path, device="cpu")
+    batch = make_batch(random_images(2, 32, 32, seed=9))
+    np.testing.assert_array_equal(loaded.score_maps(batch).maps, model.score_maps(batch).maps)
+    assert torch.equal(loaded.generator.get_state(), model.generator.get_state())
+    assert loaded.model_bytes() == model.model_bytes()
+    assert path.read_bytes()[8:9] == b"{"  # safetensors: an 8-byte length then a JSON header, no pickle
+    with pytest.raises(UserError, match="does not exist"):
+        PaDiM.load(tmp_path / "missing.safetensors")
+
+
+def test_model_bytes_counts_the_fitted_state_and_wr50_rd550_fits_in_2gb():
+    model = tiny_fitted(n_features=20)
+    positions = 8 * 8
+    blocks = sum(r * c for r, c in LowerRowBlocks.shapes(20))
+    assert model.model_bytes() == 4 * positions * (blocks + 20) + 8 * 20  # whitener + mean (f32) + index (i64)
+    wr50 = 4 * 56 * 56 * (sum(r * c for r, c in LowerRowBlocks.shapes(550)) + 550) + 8 * 550
+    assert wr50 <= 2.0e9
+    assert 56 * 56 * 550 * 550 * 4 > 3.7e9  # what dense float32 inverses would take (paper's Table VIII)
+
+
+@pytest.mark.parametrize(
+    "kwargs,message",
+    [
+        ({"reduction": "lda"}, "reduction"),
+        ({"n_features": 449}, "n_features=449"),
+        ({"reduction": "none", "n_features": 10}, "n_features=10"),
+        ({"eps": 0.0}, "eps"),
+        ({"backbone": "vgg16"}, "unknown backbone"),
+        ({"layers": ["layer9"]}, "layer9"),
+    ],
+)
+def test_bad_parameters_raise_one_user_error(kwargs, message):
+    with pytest.raises(UserError, match=message):
+        PaDiM(**{"backbone": "resnet18", "weights": "none", **kwargs})
+
+
+def test_registered_under_padim_with_an_annotated_signature():
+    assert registry().get("method", "padim").factory is PaDiM
+    for name, parameter in inspect.signature(PaDiM).parameters.items():
+        assert parameter.annotation is not inspect.Parameter.empty, name
+        assert parameter.default is not inspect.Parameter.empty, name
