@@ -69,18 +69,19 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
+    from anombench.html_report import render_html
     from anombench.report import report_markdown
-    from anombench.results import latest_run
+    from anombench.results import latest_run, write_atomic
 
     run_dir = Path(args.run) if args.run else latest_run("results/runs")
     if not (run_dir / "suite.yaml").exists():
         raise UserError(f"{run_dir}: not a run directory (no suite.yaml)")
-    text = report_markdown(run_dir)
-    if args.output:
-        Path(args.output).write_text(text)
-        print(f"wrote {args.output}")
-    else:
-        print(text)
+    target = Path(args.output) if args.output else run_dir
+    markdown = report_markdown(run_dir)
+    write_atomic(target / "report.md", markdown)
+    write_atomic(target / "report.html", render_html(run_dir))
+    print(markdown)
+    print(f"wrote {target / 'report.md'} and {target / 'report.html'}")
     return 0
 
 
@@ -158,10 +159,12 @@ def build_parser() -> argparse.ArgumentParser:
     run.set_defaults(handler=cmd_run)
 
     report = sub.add_parser("report", help="render a run's tables and provenance",
-                            description="Render the tables of a run (default: the latest under results/runs).",
-                            epilog="example: anombench report results/runs/quickstart/20261122T101500Z -o report.md")
+                            description="Render a run (default: the latest under results/runs) as markdown (printed "
+                                        "and written to report.md) and as one self-contained report.html with the "
+                                        "tables, ROC/PRO curves per class, anomaly-map overlays and provenance.",
+                            epilog="example: anombench report results/runs/quickstart/20261122T101500Z")
     report.add_argument("run", nargs="?", help="run directory")
-    report.add_argument("-o", "--output", help="write markdown to this file instead of stdout")
+    report.add_argument("-o", "--output", help="folder for report.md and report.html (default: the run directory)")
     report.set_defaults(handler=cmd_report)
 
     compare = sub.add_parser("compare", help="fail if a run falls below a baseline",
