@@ -161,11 +161,11 @@ def adapt_state_dict(model: nn.Module, state: dict[str, torch.Tensor], source: s
     if "_conv_stem.weight" not in state:
         return state
     if len(state) != len(own):
-        raise UserError(f"weights '{source}' have {len(state)} tensors, the model expects {len(own)}")
+        raise UserError(f"weights '{source}' do not fit: {len(state)} tensors, the model expects {len(own)}")
     mapped = {}
     for (theirs, tensor), (ours, expected) in zip(state.items(), own.items()):
         if tensor.shape != expected.shape:
-            raise UserError(f"weights '{source}': tensor '{theirs}' {tuple(tensor.shape)} does not fit '{ours}' "
+            raise UserError(f"weights '{source}' do not fit: tensor '{theirs}' {tuple(tensor.shape)} vs '{ours}' "
                             f"{tuple(expected.shape)}")
         mapped[ours] = tensor
     return mapped
