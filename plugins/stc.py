@@ -57,20 +57,24 @@ EXTRACT_COMMAND = (
     "cd {root}/training && for v in videos/*.avi; do d=frames/$(basename $v .avi); mkdir -p $d && "
     "ffmpeg -loglevel error -i $v -qscale:v 2 -start_number 0 $d/%03d.jpg; done"
 )
-INSTRUCTIONS = f"""ShanghaiTech Campus cannot be downloaded automatically (it is shared through cloud drives).
-1. Download shanghaitech.tar.gz from {PAGE} and extract it; it holds training/ and testing/.
-2. Extract the training videos to frames (needs ffmpeg):
-     {EXTRACT_COMMAND}
-3. The root must then look like:
-     <root>/training/frames/01_001/000.jpg ...
-     <root>/testing/frames/01_0014/000.jpg ...
-     <root>/testing/test_pixel_mask/01_0014.npy
-     <root>/testing/test_frame_mask/01_0014.npy
-4. Check it with `anombench data check stc --root <root>`; run with --data stc=<root> or set {ENV_ROOT}.
-If you have a mirror of the archive, `anombench data download stc --root DIR --url URL [--sha256 H]` fetches
-and extracts it (then do step 2)."""
-
 _CLIP = re.compile(r"(\d{2})_(\d+)")
+
+
+def instructions(root: str) -> str:
+    """Where to get STC and how to lay it out, with the user's root filled in."""
+    return f"""ShanghaiTech Campus cannot be downloaded automatically (it is shared through cloud drives).
+1. Download shanghaitech.tar.gz from {PAGE} and extract it.
+   The root is the folder that holds training/ and testing/ (the archive may wrap them in shanghaitech/).
+2. Extract the training videos to frames (needs ffmpeg):
+     {EXTRACT_COMMAND.format(root=root)}
+3. The root must then look like:
+     {root}/training/frames/01_001/000.jpg ...
+     {root}/testing/frames/01_0014/000.jpg ...
+     {root}/testing/test_pixel_mask/01_0014.npy
+     {root}/testing/test_frame_mask/01_0014.npy
+4. Check it with `anombench data check stc --root {root}`; run with --data stc={root} or set {ENV_ROOT}.
+If you have a mirror of the archive, `anombench data download stc --root {root} --url URL [--sha256 H]` fetches
+and extracts it (then do step 2)."""
 
 
 def _clips(folder: Path, scene: str) -> list[Path]:
@@ -210,10 +214,10 @@ class ShanghaiTechCampus:
     def download(root: str, url: str | None = None, sha256: str | None = None) -> None:
         """Print how to get STC; with a ``url`` (a mirror of the archive) fetch and extract it into ``root``."""
         if url is None:
-            print(INSTRUCTIONS.replace("<root>", root))
+            print(instructions(root))
             raise UserError(f"ShanghaiTech Campus must be downloaded by hand: follow the steps above ({PAGE})")
         fetch_archive(url, Path(root).expanduser(), sha256)
-        print(INSTRUCTIONS.replace("<root>", root))
+        print(instructions(root))
 
     @staticmethod
     def check(root: str) -> str:

@@ -153,6 +153,7 @@ def test_download_prints_instructions_and_refuses(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "svip-lab.github.io" in printed and "ffmpeg" in printed
     assert f"{tmp_path}/testing/test_pixel_mask/01_0014.npy" in printed
+    assert f"cd {tmp_path}/training && for v in videos/*.avi" in printed
 
 
 def test_check_counts_per_scene(stc):
