@@ -236,10 +236,15 @@ class MVTecAD:
     def download(root: str, url: str | None = None, sha256: str | None = None) -> None:
         """Fetch and extract the official archive into ``root`` (resumable, verified, idempotent).
 
-        Without ``url`` the official archive and its SHA-256 are used; with a ``url`` only the given ``sha256``
+        Without ``url`` the official archive and its SHA-256 are used, and nothing is fetched if ``root``
+        already holds the complete release (extracted by hand, say); with a ``url`` only the given ``sha256``
         (if any) is checked, since a mirror may serve something else.
         """
-        fetch_archive(url or DEFAULT_URL, Path(root).expanduser(), sha256 if url else (sha256 or DEFAULT_SHA256))
+        path = Path(root).expanduser()
+        if url is None and all(count_category(path / c).status(c) == "ok" for c in CATEGORIES):
+            log.info("MVTec AD is already complete in %s; nothing to download", path)
+            return
+        fetch_archive(url or DEFAULT_URL, path, sha256 if url else (sha256 or DEFAULT_SHA256))
 
     @staticmethod
     def check(root: str) -> str:

@@ -15,6 +15,7 @@ from dataset_layouts import add_symlink, make_mvtec_category, make_tar
 
 from anombench.errors import UserError
 from anombench_plugins.datafetch import fetch_archive
+from anombench_plugins import mvtec
 from anombench_plugins.mvtec import MVTecAD
 
 
@@ -177,6 +178,21 @@ def test_http_error_and_non_archive(server, tmp_path):
     server.payload = b"<html>please log in</html>"
     with pytest.raises(UserError, match="is not a readable tar archive"):
         fetch_archive(f"{server.url}/page.tar.gz", tmp_path / "b", None)
+
+
+def test_mvtec_download_skips_a_complete_release_extracted_by_hand(server, archive, tmp_path, monkeypatch):
+    monkeypatch.setattr(mvtec, "OFFICIAL_COUNTS", {c: (1, 1, 1) for c in mvtec.CATEGORIES})  # a tiny "release"
+    monkeypatch.setattr(mvtec, "DEFAULT_URL", f"{server.url}/mvtec_anomaly_detection.tar.gz")
+    monkeypatch.setattr(mvtec, "DEFAULT_SHA256", sha256(archive))
+    server.payload = archive
+    root = tmp_path / "mvtec"
+    for category in mvtec.CATEGORIES:
+        make_mvtec_category(root, category, size=(8, 8), n_train=1, n_good=1, defects={"bent": 1})
+    MVTecAD.download(str(root))
+    assert server.requests == []
+    (root / "zipper/ground_truth/bent/000_mask.png").unlink()  # incomplete now: fetch the release
+    MVTecAD.download(str(root))
+    assert server.requests == [None] and (root / "bottle/train/good/007.png").is_file()
 
 
 def test_mvtec_download_of_an_xz_archive_then_check(server, tmp_path):
