@@ -132,6 +132,9 @@ class ShanghaiTechCampus:
         self.train_dir = self.root / "training" / "frames"
         self.test_dir = self.root / "testing" / "frames"
         self._check_layout()
+        self._categories = self._scan_scenes()
+        if not self._categories:
+            raise UserError(f"no scene has both training frames and test clips in {self.root}")
 
     def _check_layout(self) -> None:
         if not self.test_dir.is_dir():
@@ -143,9 +146,6 @@ class ShanghaiTechCampus:
                     f"`{EXTRACT_COMMAND.format(root=self.root)}`"
                 )
             raise UserError(f"no {self.train_dir} in the STC root: " + MISSING_HINT.format(root=self.root))
-        self._categories = self._scan_scenes()
-        if not self._categories:
-            raise UserError(f"no scene has both training frames and test clips in {self.root}")
 
     def _scan_scenes(self) -> list[str]:
         """Scenes with training and test clips; scanned once, since a run does not expect the data to change."""

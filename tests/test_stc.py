@@ -92,6 +92,16 @@ def test_missing_root_says_where_to_get_it(tmp_path, monkeypatch):
         ShanghaiTechCampus(root=str(tmp_path / "nowhere"))
 
 
+def test_root_one_level_too_high_or_without_scenes(tmp_path):
+    make_stc(tmp_path / "shanghaitech", TRAIN_CLIPS, TEST_CLIPS)
+    with pytest.raises(UserError, match=r"no .*/testing/frames in the STC root"):
+        ShanghaiTechCampus(root=str(tmp_path))
+    make_stc(tmp_path / "scene13_only", {"13_001": 1}, {})
+    (tmp_path / "scene13_only/testing/frames").mkdir(parents=True)
+    with pytest.raises(UserError, match="no scene has both training frames and test clips"):
+        ShanghaiTechCampus(root=str(tmp_path / "scene13_only"))
+
+
 def test_videos_only_tells_how_to_extract_frames(tmp_path):
     make_stc(tmp_path, {}, {"01_0014": [0]})
     (tmp_path / "training" / "videos").mkdir(parents=True)
