@@ -272,6 +272,7 @@ class FeatureExtractor(nn.Module):
 
     ``taps`` are the backbone's default layers plus any extra layer asked for, so every method built on the
     same backbone and weights extracts the very same maps and the runner can share one pass between them.
+    ``tap_channels`` is read from a tiny forward pass at construction (true for any architecture).
     """
 
     def __init__(self, backbone: str, layers: list[LayerSpec] | None = None, weights: str = "imagenet",
@@ -295,6 +296,7 @@ class FeatureExtractor(nn.Module):
         self.register_buffer("std", torch.tensor(self.spec.std).view(1, 3, 1, 1))
         self.to(device).eval()
         self.device = torch.device(device)
+        self.tap_channels = {name: int(m.shape[1]) for name, m in self(torch.zeros(1, 3, 64, 64)).items()}
 
     def key(self) -> str:
         """Everything that changes the extracted maps: backbone, weights (and seed for random init), taps, device."""
@@ -310,8 +312,3 @@ class FeatureExtractor(nn.Module):
             if name in self.taps:
                 out[name] = x
         return out
-
-    def channels(self) -> dict[str, int]:
-        """Channels of every tap, read from a tiny forward pass (cheap, and true for any architecture)."""
-        maps = self(torch.zeros(1, 3, 64, 64))
-        return {name: int(m.shape[1]) for name, m in maps.items()}

@@ -33,6 +33,7 @@ import numpy as np
 import psutil
 import torch
 import torch.nn.functional as F
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from anombench import hookimpl
@@ -256,12 +257,13 @@ def position_major(embedding: torch.Tensor) -> torch.Tensor:
 class PadimHead:
     """Everything PaDiM does after the backbone, for one set of layers: embedding, reduction, Gaussians, distances.
 
-    The random channel subset is drawn once, at construction, from ``generator`` (owned by the caller and saved
-    with it), sorted so it can be gathered layer by layer before the upsampling.
+    The random channel subset is drawn once, at construction, from the head's own generator seeded with ``seed``
+    (never the global RNG; its state is saved with the model), sorted so it can be gathered layer by layer before
+    the upsampling.
     """
 
     def __init__(self, layers: list[str], channels: dict[str, int], reduction: Reduction, n_features: int | None,
-                 eps: float, generator: torch.Generator) -> None:
+                 eps: float, seed: int) -> None:
         total = sum(channels[name] for name in layers)
         if reduction not in REDUCTIONS:
             raise UserError(f"PaDiM parameter reduction='{reduction}' is not one of {', '.join(REDUCTIONS)}")
@@ -273,9 +275,10 @@ class PadimHead:
         if eps <= 0:
             raise UserError(f"PaDiM parameter eps={eps} must be > 0 (it keeps every covariance invertible)")
         self.layers, self.channels, self.reduction, self.n_features, self.eps = layers, channels, reduction, k, eps
+        self.generator = torch.Generator().manual_seed(seed)
         self.index: torch.Tensor | None = None
         if reduction == "random" and k < total:
-            self.index = torch.randperm(total, generator=generator)[:k].sort().values
+            self.index = torch.randperm(total, generator=self.generator)[:k].sort().values
         self.projection: torch.Tensor | None = None
         self.moments: StreamingMoments | None = None
         self.gaussian: PatchGaussian | None = None
@@ -336,7 +339,7 @@ class PadimHead:
         """The fitted tensors under ``prefix``, for a safetensors file."""
         if self.gaussian is None:
             raise RuntimeError("PaDiM: save before fit")
-        state = {f"{prefix}mean": self.gaussian.mean}
+        state = {f"{prefix}mean": self.gaussian.mean, f"{prefix}generator_state": self.generator.get_state()}
         state |= {f"{prefix}whitener.{k}": b for k, b in enumerate(self.gaussian.whitener.blocks)}
         if self.index is not None:
             state[f"{prefix}index"] = self.index
@@ -348,6 +351,7 @@ class PadimHead:
         count = sum(1 for key in state if key.startswith(f"{prefix}whitener."))
         blocks = [state[f"{prefix}whitener.{k}"].to(device) for k in range(count)]
         self.gaussian = PatchGaussian(state[f"{prefix}mean"].to(device), LowerRowBlocks(blocks))
+        self.generator.set_state(state[f"{prefix}generator_state"])
         self.index = state.get(f"{prefix}index", self.index)
         self.projection = state[f"{prefix}projection"].to(device) if f"{prefix}projection" in state else None
 
@@ -400,27 +404,54 @@ def to_scores(maps: torch.Tensor) -> Scores:
 # ---------------------------------------------------------------------------------------------- the plugin
 
 
-class PaDiM:
-    """PaDiM as an anombench method: one backbone pass, one head, maps at input resolution.
+def paper_n_features(backbone: str, reduction: Reduction, n_features: int | None, total: int) -> int | None:
+    """``n_features`` None means the paper's Rd size for the backbone (100 for resnet18, 550 for wide_resnet50_2)
+    capped at the embedding's channels, and all channels for the other backbones."""
+    if n_features is not None or reduction == "none":
+        return n_features
+    return min(PAPER_N_FEATURES.get(backbone, total), total)
 
-    ``n_features`` None means the paper's Rd size for the backbone (100 for resnet18, 550 for wide_resnet50_2)
-    capped at the embedding's channels, and all channels for the other backbones.
+
+def build_head(extractor: FeatureExtractor, layers: list[str], reduction: Reduction, n_features: int | None,
+               eps: float, seed: int) -> PadimHead:
+    channels = extractor.tap_channels
+    total = sum(channels[name] for name in layers)
+    return PadimHead(layers, channels, reduction, paper_n_features(extractor.spec.name, reduction, n_features, total),
+                     eps, seed)
+
+
+def save_heads(path: str | Path, kind: str, config: dict, heads: list[PadimHead]) -> None:
+    """One safetensors file: the heads' tensors under head<i>., the configuration as JSON metadata."""
+    state: dict[str, torch.Tensor] = {}
+    for i, head in enumerate(heads):
+        state |= head.state(f"head{i}.")
+    save_file(state, str(path), metadata={kind: json.dumps(config)})
+
+
+def read_model_file(path: str | Path, kind: str) -> tuple[dict, dict[str, torch.Tensor]]:
+    """The JSON configuration and tensors of a model file written by ``save_heads``; a UserError if not one."""
+    if not Path(path).is_file():
+        raise UserError(f"model file '{path}' does not exist")
+    with safe_open(str(path), framework="pt") as f:
+        metadata = f.metadata() or {}
+    if kind not in metadata:
+        raise UserError(f"'{path}' is not a saved {kind.split('.')[-1]} model (no '{kind}' metadata)")
+    return json.loads(metadata[kind]), load_file(str(path))
+
+
+class PadimMethod:
+    """What PaDiM and its layer ensemble share: one extractor feeding heads; the map is the sum of the heads' maps.
+
+    ``fit`` and ``score_maps`` are the SharesFeatures steps composed, so a lone method and a shared group give
+    identical numbers. Subclasses only choose the heads.
     """
 
-    def __init__(self, backbone: str = "resnet18", layers: list[LayerSpec] | None = None, weights: str = "imagenet",
-                 reduction: Reduction = "random", n_features: int | None = None, eps: float = 0.01,
-                 device: str = "cpu", seed: int = 0) -> None:
-        self.config = dict(backbone=backbone, layers=layers, weights=weights, reduction=reduction,
-                           n_features=n_features, eps=eps, seed=seed)
-        self.extractor = FeatureExtractor(backbone, layers, weights, device, seed)
-        self.generator = torch.Generator().manual_seed(seed)
-        channels = self.extractor.channels()
-        total = sum(channels[name] for name in self.extractor.layers)
-        if n_features is None and reduction != "none":
-            n_features = min(PAPER_N_FEATURES.get(backbone, total), total)
-        self.head = PadimHead(self.extractor.layers, channels, reduction, n_features, eps, self.generator)
+    KIND = "anombench.padim"
 
-    # SharesFeatures: fit and score_maps below are exactly these steps composed.
+    def __init__(self, extractor: FeatureExtractor, heads: list[PadimHead], config: dict) -> None:
+        self.extractor, self.heads, self.config = extractor, heads, config
+
+    # SharesFeatures
     def feature_key(self) -> str:
         return self.extractor.key()
 
@@ -428,17 +459,20 @@ class PaDiM:
         return self.extractor(images)
 
     def fit_begin(self) -> None:
-        self.head.fit_begin()
+        for head in self.heads:
+            head.fit_begin()
 
     def fit_step(self, features: FeatureMaps) -> None:
-        self.head.fit_step(features)
+        for head in self.heads:
+            head.fit_step(features)
 
     def fit_end(self) -> None:
-        self.head.fit_end()
+        for head in self.heads:
+            head.fit_end()
 
     def score_features(self, features: FeatureMaps, batch: Batch) -> Scores:
-        maps = anomaly_maps(self.head.distances(features), tuple(batch.images.shape[-2:]))
-        return to_scores(maps)
+        size = tuple(batch.images.shape[-2:])
+        return to_scores(sum(anomaly_maps(head.distances(features), size) for head in self.heads))
 
     # Method
     def fit(self, train: Iterable[Batch]) -> None:
@@ -452,33 +486,41 @@ class PaDiM:
 
     # ModelSize
     def model_bytes(self) -> int:
-        return self.head.nbytes
+        return sum(head.nbytes for head in self.heads)
 
-    # persistence: one safetensors file, the configuration as JSON metadata
+    # persistence: fit once, score many times
     def save(self, path: str | Path) -> None:
-        state = self.head.state("head.") | {"generator_state": self.generator.get_state()}
-        save_file(state, str(path), metadata={"anombench.padim": json.dumps(self.config)})
+        save_heads(path, self.KIND, self.config, self.heads)
 
     @classmethod
-    def load(cls, path: str | Path, device: str = "cpu") -> PaDiM:
-        config, state = read_model_file(path, "anombench.padim")
+    def load(cls, path: str | Path, device: str = "cpu") -> PadimMethod:
+        config, state = read_model_file(path, cls.KIND)
         model = cls(**config, device=device)
-        model.generator.set_state(state["generator_state"])
-        model.head.load_state(state, "head.", model.extractor.device)
+        for i, head in enumerate(model.heads):
+            head.load_state(state, f"head{i}.", model.extractor.device)
         return model
 
 
-def read_model_file(path: str | Path, kind: str) -> tuple[dict, dict[str, torch.Tensor]]:
-    """The JSON configuration and tensors of a model file written by ``save``; a UserError if it is not one."""
-    from safetensors import safe_open
+class PaDiM(PadimMethod):
+    """PaDiM as an anombench method: one backbone pass, one head over all layers, maps at input resolution.
 
-    if not Path(path).is_file():
-        raise UserError(f"model file '{path}' does not exist")
-    with safe_open(str(path), framework="pt") as f:
-        metadata = f.metadata() or {}
-    if kind not in metadata:
-        raise UserError(f"'{path}' is not a saved {kind.split('.')[-1]} model (no '{kind}' metadata)")
-    return json.loads(metadata[kind]), load_file(str(path))
+    ``n_features`` None: see ``paper_n_features``. ``weights``: "imagenet", "none" (random init from ``seed``) or a
+    file (see ``anombench_plugins.backbones``).
+    """
+
+    KIND = "anombench.padim"
+
+    def __init__(self, backbone: str = "resnet18", layers: list[LayerSpec] | None = None, weights: str = "imagenet",
+                 reduction: Reduction = "random", n_features: int | None = None, eps: float = 0.01,
+                 device: str = "cpu", seed: int = 0) -> None:
+        extractor = FeatureExtractor(backbone, layers, weights, device, seed)
+        head = build_head(extractor, extractor.layers, reduction, n_features, eps, seed)
+        super().__init__(extractor, [head], dict(backbone=backbone, layers=layers, weights=weights,
+                                                 reduction=reduction, n_features=n_features, eps=eps, seed=seed))
+
+    @property
+    def head(self) -> PadimHead:
+        return self.heads[0]
 
 
 @hookimpl

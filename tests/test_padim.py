@@ -275,7 +275,7 @@ def test_save_and_load_give_the_same_scores(tmp_path):
     loaded = PaDiM.load(path, device="cpu")
     batch = make_batch(random_images(2, 32, 32, seed=9))
     np.testing.assert_array_equal(loaded.score_maps(batch).maps, model.score_maps(batch).maps)
-    assert torch.equal(loaded.generator.get_state(), model.generator.get_state())
+    assert torch.equal(loaded.head.generator.get_state(), model.head.generator.get_state())
     assert loaded.model_bytes() == model.model_bytes()
     assert path.read_bytes()[8:9] == b"{"  # safetensors: an 8-byte length then a JSON header, no pickle
     with pytest.raises(UserError, match="does not exist"):
