@@ -1,1 +1,306 @@
-"""SPADE (Cohen & Hoshen 2020) on faiss k-NN as a method plugin."""
+"""SPADE (Cohen & Hoshen 2020), the PaDiM paper's k-NN baseline, on faiss.
+
+The method, as the PaDiM paper ran it (design.md section 1):
+- image level: every training image is kept as the global average pool of the backbone's last stage; a test
+  image's score is the mean Euclidean distance to its K nearest training images (K = 50, clipped to N);
+- pixel level: the *gallery* of a test image is every patch feature (layer1..3) of those K images; per layer and
+  per position, the map is the Euclidean distance to the nearest gallery feature; the layer maps are upsampled
+  (bilinear, as the SPADE reference code does) to the input size, averaged, then Gaussian-filtered (sigma 4).
+
+SPADE keeps every training patch: its memory grows linearly with the training set (the paper's Table VIII:
+1.4 GB on MVTec AD, 37 GB on STC), and ``model_bytes`` reports exactly that.
+
+Search. All nearest-neighbour search goes through faiss. ``index="flat"`` (default) is exact: each test image
+builds an ``IndexFlatL2`` over its own gallery (a contiguous copy of K images' patches, so the search runs on
+BLAS). ``"ivf"`` and ``"hnsw"`` build one approximate index per layer over *all* training patches at fit time and
+restrict each search to the gallery with an ``IDSelectorBitmap``, so they answer the same question (the nearest
+patch among the K images), only approximately; ``benchmarks/bench_spade_speed.py`` and the tests measure their
+recall against the exact search. The image-level search (N pooled vectors, N in the hundreds) is always exact.
+
+Every image is scored on its own (one faiss search per image and layer), so a batch scores exactly like its
+images one by one.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Iterable, Literal
+
+import faiss
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from anombench import hookimpl
+from anombench.api import Batch, Scores
+from anombench.errors import UserError
+from anombench_plugins.backbones import FeatureExtractor, FeatureMaps, LayerSpec, backbone_spec, unit_name
+from anombench_plugins.padim import gaussian_blur
+
+IndexKind = Literal["flat", "ivf", "hnsw"]
+INDEX_KINDS = ("flat", "ivf", "hnsw")
+POOLED_LAYER = {"resnet": "layer4", "efficientnet": "blocks.6"}  # the last stage of each family
+MIN_POINTS_PER_LIST = 39  # faiss warns below this many training vectors per IVF centroid
+
+
+# ---------------------------------------------------------------------------------------------- galleries
+
+
+def patch_rows(features: torch.Tensor) -> np.ndarray:
+    """(B, C, h, w) feature maps -> (B*h*w, C) float32 rows, image-major, so image i owns a contiguous block."""
+    b, c, h, w = features.shape
+    return np.ascontiguousarray(features.permute(0, 2, 3, 1).reshape(b * h * w, c).float().cpu().numpy())
+
+
+def gallery_bitmap(images: np.ndarray, per_image: int, total: int) -> np.ndarray:
+    """faiss IDSelectorBitmap bits (little-endian bit order) selecting the patch rows of ``images``."""
+    selected = np.zeros(total, dtype=bool)
+    for i in images:
+        selected[i * per_image:(i + 1) * per_image] = True
+    return np.packbits(selected, bitorder="little")
+
+
+class ExactGallery:
+    """One layer's training patches (N*P, C); the exact nearest gallery patch through a per-query IndexFlatL2."""
+
+    def __init__(self, rows: np.ndarray, per_image: int) -> None:
+        self.rows, self.per_image = rows, per_image
+
+    def nearest_squared(self, images: np.ndarray, queries: np.ndarray) -> np.ndarray:
+        """Squared L2 distance of each query row to its nearest patch of the training ``images``."""
+        gallery = np.concatenate([self.rows[i * self.per_image:(i + 1) * self.per_image] for i in images])
+        index = faiss.IndexFlatL2(gallery.shape[1])
+        index.add(gallery)
+        return index.search(queries, 1)[0][:, 0]
+
+    @property
+    def nbytes(self) -> int:
+        return int(self.rows.nbytes)
+
+
+class IndexedGallery:
+    """One layer's training patches held in an approximate faiss index (IVF-Flat or HNSW-Flat) over all of them;
+    each search is restricted to the gallery's rows by a bitmap selector."""
+
+    def __init__(self, index: faiss.Index, per_image: int, params: dict[str, int]) -> None:
+        self.index, self.per_image, self.params = index, per_image, params
+
+    def nearest_squared(self, images: np.ndarray, queries: np.ndarray) -> np.ndarray:
+        bitmap = gallery_bitmap(images, self.per_image, self.index.ntotal)
+        selector = faiss.IDSelectorBitmap(self.index.ntotal, faiss.swig_ptr(bitmap))
+        if isinstance(self.index, faiss.IndexHNSW):
+            params = faiss.SearchParametersHNSW(efSearch=self.params["ef_search"], sel=selector)
+        else:
+            params = faiss.SearchParametersIVF(nprobe=self.params["nprobe"], sel=selector)
+        return self.index.search(queries, 1, params=params)[0][:, 0]
+
+    @property
+    def nbytes(self) -> int:
+        """Vectors, ids and structure as faiss holds them (IVF: lists + centroids; HNSW: vectors + links)."""
+        n, d = self.index.ntotal, self.index.d
+        if isinstance(self.index, faiss.IndexHNSW):
+            hnsw = self.index.hnsw
+            return 4 * n * d + 4 * hnsw.neighbors.size() + 4 * hnsw.levels.size() + 8 * hnsw.offsets.size()
+        return (4 * d + 8) * n + 4 * d * self.index.nlist
+
+
+Gallery = ExactGallery | IndexedGallery
+
+
+def ivf_lists(n_vectors: int, nlist: int | None) -> int:
+    """The IVF list count: the user's, else faiss's rule of thumb 4 sqrt(n), kept >= 39 training vectors per list."""
+    wanted = nlist if nlist is not None else int(4 * math.sqrt(n_vectors))
+    return max(1, min(wanted, n_vectors // MIN_POINTS_PER_LIST))
+
+
+def build_gallery(rows: np.ndarray, per_image: int, kind: IndexKind, params: dict[str, int | None],
+                  seed: int) -> Gallery:
+    """The gallery structure of one layer for the chosen index kind (rows are handed over, not copied)."""
+    if kind == "flat":
+        return ExactGallery(rows, per_image)
+    dim = rows.shape[1]
+    if kind == "hnsw":
+        index = faiss.IndexHNSWFlat(dim, params["hnsw_m"])
+        index.hnsw.efConstruction = params["ef_construction"]
+    else:
+        index = faiss.IndexIVFFlat(faiss.IndexFlatL2(dim), dim, ivf_lists(len(rows), params["nlist"]))
+        index.cp.seed = seed
+        index.train(rows)
+    index.add(rows)
+    return IndexedGallery(index, per_image, {"ef_search": params["ef_search"], "nprobe": params["nprobe"]})
+
+
+# ---------------------------------------------------------------------------------------------- the fitted model
+
+
+class FeatureBank:
+    """Training features as they stream in: per layer the patch rows, and the pooled vector of each image."""
+
+    def __init__(self, layers: list[str], pooled_layer: str) -> None:
+        self.layers, self.pooled_layer = layers, pooled_layer
+        self.rows: dict[str, list[np.ndarray]] = {name: [] for name in layers}
+        self.pooled: list[np.ndarray] = []
+        self.grid: dict[str, tuple[int, int]] = {}
+
+    def add(self, features: FeatureMaps) -> None:
+        for name in self.layers:
+            grid = tuple(features[name].shape[-2:])
+            if self.grid.setdefault(name, grid) != grid:
+                raise UserError(f"SPADE: training images must share one size; layer {name} gave {grid} after "
+                                f"{self.grid[name]}")
+            self.rows[name].append(patch_rows(features[name]))
+        self.pooled.append(pooled_vectors(features[self.pooled_layer]))
+
+    @property
+    def n_images(self) -> int:
+        return sum(len(p) for p in self.pooled)
+
+
+def pooled_vectors(features: torch.Tensor) -> np.ndarray:
+    """Global average pool (B, C, h, w) -> (B, C) float32: the image-level descriptor."""
+    return np.ascontiguousarray(features.float().mean(dim=(2, 3)).cpu().numpy())
+
+
+class SpadeModel:
+    """The fitted state: an exact index on pooled vectors and one gallery per layer; scoring one image at a time."""
+
+    def __init__(self, bank: FeatureBank, k: int, kind: IndexKind, params: dict[str, int | None], seed: int) -> None:
+        self.layers = bank.layers
+        pooled = np.concatenate(bank.pooled)
+        self.images = faiss.IndexFlatL2(pooled.shape[1])
+        self.images.add(pooled)
+        self.k = min(k, len(pooled))
+        self.galleries: dict[str, Gallery] = {}
+        for name in self.layers:
+            rows = np.concatenate(bank.rows[name])
+            bank.rows[name] = []  # release the pieces as each layer is built
+            self.galleries[name] = build_gallery(rows, int(np.prod(bank.grid[name])), kind, params, seed)
+
+    def nearest_images(self, pooled: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(Euclidean distances, indices) of the K nearest training images of one pooled vector (1, C)."""
+        squared, indices = self.images.search(pooled, self.k)
+        return np.sqrt(np.maximum(squared[0], 0.0)), indices[0]
+
+    def layer_distances(self, features: FeatureMaps, neighbours: np.ndarray) -> list[torch.Tensor]:
+        """Per layer, the (h, w) map of Euclidean distances to the nearest patch of the ``neighbours``' gallery,
+        for one image (features with batch size 1)."""
+        maps = []
+        for name in self.layers:
+            h, w = features[name].shape[-2:]
+            squared = self.galleries[name].nearest_squared(neighbours, patch_rows(features[name]))
+            maps.append(torch.from_numpy(np.sqrt(np.maximum(squared, 0.0))).reshape(h, w))
+        return maps
+
+    @property
+    def nbytes(self) -> int:
+        pooled = self.images.ntotal * self.images.d * 4
+        return int(pooled + sum(g.nbytes for g in self.galleries.values()))
+
+
+def pixel_map(layer_maps: list[torch.Tensor], size: tuple[int, int], sigma: float) -> torch.Tensor:
+    """Layer distance maps -> each upsampled (bilinear) to ``size`` -> averaged -> Gaussian filter -> (H, W)."""
+    up = [F.interpolate(m[None, None], size=size, mode="bilinear", align_corners=False)[0, 0] for m in layer_maps]
+    return gaussian_blur(torch.stack(up).mean(0)[None], sigma=sigma)[0]
+
+
+# ---------------------------------------------------------------------------------------------- the plugin
+
+
+class SPADE:
+    """SPADE as an anombench method (see the module docstring).
+
+    ``layers``: the patch layers (None = the backbone's defaults, layer1..3 for ResNets); ``pooled_layer``: the
+    stage whose global average pool drives the image k-NN (None = the last stage: layer4, or blocks.6 for
+    EfficientNets). ``index``: "flat" (exact), "ivf" (``nlist`` lists, None = 4 sqrt(n); ``nprobe`` probed) or
+    "hnsw" (``hnsw_m`` links, ``ef_construction``, ``ef_search``). faiss runs on the CPU; ``device`` places the
+    backbone.
+    """
+
+    def __init__(self, backbone: str = "wide_resnet50_2", layers: list[LayerSpec] | None = None,
+                 pooled_layer: LayerSpec | None = None, weights: str = "imagenet", k: int = 50,
+                 sigma: float = 4.0, index: IndexKind = "flat", nlist: int | None = None, nprobe: int = 8,
+                 hnsw_m: int = 32, ef_construction: int = 40, ef_search: int = 128,
+                 device: str = "cpu", seed: int = 0) -> None:
+        check_spade_params(k, sigma, index, nlist, nprobe, hnsw_m, ef_construction, ef_search)
+        spec = backbone_spec(backbone)
+        patch_layers = list(layers) if layers else list(spec.default_layers)
+        pooled = pooled_layer if pooled_layer is not None else POOLED_LAYER[spec.family]
+        self.extractor = FeatureExtractor(backbone, [*patch_layers, pooled], weights, device, seed)
+        resolved = [unit_name(spec, self.extractor.unit_names, layer) for layer in patch_layers]
+        self.layers: list[str] = list(dict.fromkeys(resolved))
+        self.pooled_layer = unit_name(spec, self.extractor.unit_names, pooled)
+        self.k, self.sigma, self.index_kind, self.seed = k, sigma, index, seed
+        self.index_params: dict[str, int | None] = dict(nlist=nlist, nprobe=nprobe, hnsw_m=hnsw_m,
+                                                        ef_construction=ef_construction, ef_search=ef_search)
+        self.bank: FeatureBank | None = None
+        self.model: SpadeModel | None = None
+
+    # SharesFeatures: fit and score_maps below are exactly these steps composed.
+    def feature_key(self) -> str:
+        return self.extractor.key()
+
+    def extract(self, images: torch.Tensor) -> FeatureMaps:
+        return self.extractor(images)
+
+    def fit_begin(self) -> None:
+        self.bank, self.model = FeatureBank(self.layers, self.pooled_layer), None
+
+    def fit_step(self, features: FeatureMaps) -> None:
+        if self.bank is None:
+            raise RuntimeError("SPADE: fit_step before fit_begin")
+        self.bank.add(features)
+
+    def fit_end(self) -> None:
+        if self.bank is None or self.bank.n_images == 0:
+            raise UserError("SPADE needs at least 1 training image")
+        self.model = SpadeModel(self.bank, self.k, self.index_kind, self.index_params, self.seed)
+        self.bank = None
+
+    def score_features(self, features: FeatureMaps, batch: Batch) -> Scores:
+        if self.model is None:
+            raise RuntimeError("SPADE: score before fit")
+        size = tuple(batch.images.shape[-2:])
+        maps, image_scores = [], []
+        for i in range(len(batch)):
+            one = {name: features[name][i:i + 1] for name in (*self.layers, self.pooled_layer)}
+            distances, neighbours = self.model.nearest_images(pooled_vectors(one[self.pooled_layer]))
+            image_scores.append(distances.mean())
+            maps.append(pixel_map(self.model.layer_distances(one, neighbours), size, self.sigma))
+        return Scores(maps=torch.stack(maps).to(torch.float32).numpy(),
+                      image_scores=np.asarray(image_scores, dtype=np.float32))
+
+    # Method
+    def fit(self, train: Iterable[Batch]) -> None:
+        self.fit_begin()
+        for batch in train:
+            self.fit_step(self.extract(batch.images))
+        self.fit_end()
+
+    def score_maps(self, batch: Batch) -> Scores:
+        return self.score_features(self.extract(batch.images), batch)
+
+    # ModelSize: every training patch is kept, so this grows linearly with the training set.
+    def model_bytes(self) -> int:
+        if self.model is None:
+            raise RuntimeError("SPADE: model_bytes before fit")
+        return self.model.nbytes
+
+
+def check_spade_params(k: int, sigma: float, index: str, nlist: int | None, nprobe: int, hnsw_m: int,
+                       ef_construction: int, ef_search: int) -> None:
+    """One-line UserErrors for values the method cannot run with."""
+    if index not in INDEX_KINDS:
+        raise UserError(f"SPADE parameter index='{index}' is not one of {', '.join(INDEX_KINDS)}")
+    if sigma <= 0:
+        raise UserError(f"SPADE parameter sigma={sigma} must be > 0")
+    counts = dict(k=k, nprobe=nprobe, hnsw_m=hnsw_m, ef_construction=ef_construction, ef_search=ef_search)
+    if nlist is not None:
+        counts["nlist"] = nlist
+    for name, value in counts.items():
+        if value < 1:
+            raise UserError(f"SPADE parameter {name}={value} must be >= 1")
+
+
+@hookimpl
+def anombench_register_methods(register) -> None:
+    register("spade", SPADE)
