@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from dataclasses import dataclass
+from dataclasses import astuple, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -100,6 +100,16 @@ def _check_masks(category_dir: Path, records: list[Record]) -> None:
         image_wh, mask_wh = image_size(image), image_size(mask)
         if image_wh != mask_wh:
             raise UserError(f"mask {mask} is {size_text(mask_wh)} but its image {image} is {size_text(image_wh)}")
+
+
+def _group_of(category: str) -> Group:
+    return "texture" if category in TEXTURES else "object"
+
+
+def _row(category: str, group: str, counts: tuple[object, ...], status: str) -> str:
+    """One line of the ``check`` table; the header is a row of column names."""
+    train, test_good, test_defect, masks = counts
+    return f"{category:<12} {group:<8} {train:>6} {test_good:>10} {test_defect:>12} {masks:>6}  {status}"
 
 
 @dataclass(frozen=True)
@@ -188,7 +198,7 @@ class MVTecAD:
 
     def group(self, category: str) -> Group:
         self._known(category)
-        return "texture" if category in TEXTURES else "object"
+        return _group_of(category)
 
     def train(self, category: str, seed: int) -> FileSplit:
         folder = self._category_dir(category) / "train" / GOOD
@@ -250,19 +260,14 @@ class MVTecAD:
     def check(root: str) -> str:
         """A per-category table of what is on disk, compared with the official release."""
         path = resolve_root(root, ENV_ROOT, MISSING_HINT)
-        header = f"{'category':<12} {'group':<8} {'train':>6} {'test good':>10} {'test defect':>12} {'masks':>6}  status"
-        lines = [f"MVTec AD at {path}", header]
-        totals = [0, 0, 0, 0]
-        for category in CATEGORIES:
-            counts = count_category(path / category)
-            group = "texture" if category in TEXTURES else "object"
-            lines.append(
-                f"{category:<12} {group:<8} {counts.train:>6} {counts.test_good:>10} {counts.test_defect:>12} "
-                f"{counts.masks:>6}  {counts.status(category)}"
-            )
-            totals = [t + c for t, c in zip(totals, (counts.train, counts.test_good, counts.test_defect, counts.masks))]
-        lines.append(f"{'total':<21} {totals[0]:>6} {totals[1]:>10} {totals[2]:>12} {totals[3]:>6}")
-        return "\n".join(lines)
+        counts = {category: count_category(path / category) for category in CATEGORIES}
+        complete = sum(n.status(c) == "ok" for c, n in counts.items())
+        total = CategoryCounts(*(sum(column) for column in zip(*(astuple(n) for n in counts.values()), strict=True)))
+        return "\n".join(
+            [f"MVTec AD at {path}", _row("category", "group", ("train", "test good", "test defect", "masks"), "status")]
+            + [_row(c, _group_of(c), astuple(n), n.status(c)) for c, n in counts.items()]
+            + [_row("total", "", astuple(total), f"{complete} of {len(CATEGORIES)} categories complete")]
+        )
 
 
 class RdMVTecAD(MVTecAD):

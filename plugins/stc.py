@@ -41,7 +41,15 @@ from anombench.api import Group
 from anombench.errors import UserError
 from anombench.hookspecs import Register
 from anombench_plugins.datafetch import fetch_archive
-from anombench_plugins.imagefiles import FileSplit, Record, ResizeCrop, check_sizes, list_images, list_subfolders, resolve_root
+from anombench_plugins.imagefiles import (
+    FileSplit,
+    Record,
+    ResizeCrop,
+    check_sizes,
+    list_images,
+    list_subfolders,
+    resolve_root,
+)
 
 log = logging.getLogger("anombench.data")
 
@@ -57,6 +65,7 @@ EXTRACT_COMMAND = (
     "cd {root}/training && for v in videos/*.avi; do d=frames/$(basename $v .avi); mkdir -p $d && "
     "ffmpeg -loglevel error -i $v -qscale:v 2 -start_number 0 $d/%03d.jpg; done"
 )
+ROW = "{:<8} {:>12} {:>13} {:>11} {:>12} {:>10}{}"  # one line of the ``check`` table
 _CLIP = re.compile(r"(\d{2})_(\d+)")
 
 
@@ -155,7 +164,7 @@ class ShanghaiTechCampus:
             if has_train and has_test:
                 present.append(f"scene{scene}")
             elif has_train:
-                log.info("STC scene %s has training frames but no test clips (as in the public release); skipped", scene)
+                log.info("STC scene %s has training frames but no test clips (as released); skipped", scene)
         return present
 
     def categories(self) -> list[str]:
@@ -223,7 +232,7 @@ class ShanghaiTechCampus:
     def check(root: str) -> str:
         """Per scene: training clips and frames, test clips, frames and anomalous frames."""
         path = resolve_root(root, ENV_ROOT, MISSING_HINT)
-        header = f"{'scene':<8} {'train clips':>11} {'train frames':>12} {'test clips':>10} {'test frames':>11} {'anomalous':>9}"
+        header = ROW.format("scene", "train clips", "train frames", "test clips", "test frames", "anomalous", "")
         lines = [f"ShanghaiTech Campus at {path}", header]
         for scene in SCENES:
             lines.append(_scene_row(path, scene))
@@ -242,10 +251,7 @@ def _scene_row(root: Path, scene: str) -> str:
     anomalous = sum(int((np.load(f) > 0).sum()) for f in label_files if f.is_file())
     missing = sum(1 for f in label_files if not f.is_file())
     note = f"  ({missing} frame masks missing)" if missing else ""
-    return (
-        f"scene{scene:<3} {len(train_clips):>11} {train_frames:>12} {len(test_clips):>10} {test_frames:>11} "
-        f"{anomalous:>9}{note}"
-    )
+    return ROW.format(f"scene{scene}", len(train_clips), train_frames, len(test_clips), test_frames, anomalous, note)
 
 
 @hookimpl

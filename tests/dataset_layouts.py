@@ -101,7 +101,9 @@ def save_npy(path: Path, array: np.ndarray) -> None:
     np.save(path, array)
 
 
-def make_tar(path: Path, source: Path | None = None, extra: dict[str, bytes] | None = None, mode: str = "w:gz") -> bytes:
+def make_tar(
+    path: Path, source: Path | None = None, extra: dict[str, bytes] | None = None, mode: str = "w:gz"
+) -> bytes:
     """Pack ``source``'s contents (as top-level entries, like the MVTec archive) plus ``extra`` members given as
     name -> bytes (names may be hostile, e.g. "../evil.txt"); returns the archive's bytes."""
     with tarfile.open(path, mode) as tar:

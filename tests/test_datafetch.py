@@ -209,4 +209,4 @@ def test_mvtec_download_of_an_xz_archive_then_check(server, tmp_path):
     assert MVTecAD(root=str(root)).categories() == ["grid", "bottle"]
     rows = {line.split()[0]: line.split() for line in MVTecAD.check(str(root)).splitlines()[2:]}
     assert rows["grid"][:6] == ["grid", "texture", "2", "1", "1", "1"]
-    assert rows["total"] == ["total", "4", "2", "2", "2"]
+    assert rows["total"] == ["total", "4", "2", "2", "2", "0", "of", "15", "categories", "complete"]

@@ -105,7 +105,7 @@ def test_split_pickles_paths_not_pixels_and_loads_in_workers(bottle):
     serial = list(DataLoader(test, batch_size=2, collate_fn=collate))
     parallel = list(DataLoader(test, batch_size=2, collate_fn=collate, num_workers=2))
     assert [b.ids for b in serial] == [b.ids for b in parallel]
-    for a, b in zip(serial, parallel):
+    for a, b in zip(serial, parallel, strict=True):
         assert torch.equal(a.images, b.images) and torch.equal(a.masks, b.masks) and torch.equal(a.labels, b.labels)
 
 
@@ -119,7 +119,7 @@ def test_rd_is_deterministic_per_seed_and_image(bottle):
     split = RdMVTecAD(root=str(bottle)).test("bottle", seed=3)
     again = [split[i] for i in reversed(range(len(split)))][::-1]  # nor the order of loading
     other_seed = all_samples(RdMVTecAD(root=str(bottle)).test("bottle", seed=4))
-    for a, b, c in zip(first, again, other_seed):
+    for a, b, c in zip(first, again, other_seed, strict=True):
         assert a.id == b.id == c.id
         assert torch.equal(a.image, b.image) and torch.equal(a.mask, b.mask)
         assert not torch.equal(a.image, c.image)
@@ -128,7 +128,7 @@ def test_rd_is_deterministic_per_seed_and_image(bottle):
 def test_rd_differs_from_centre_crop_and_keeps_image_and_mask_aligned(bottle):
     plain = all_samples(MVTecAD(root=str(bottle)).test("bottle", seed=0))
     rotated = all_samples(RdMVTecAD(root=str(bottle)).test("bottle", seed=0))
-    for p, r in zip(plain, rotated):
+    for p, r in zip(plain, rotated, strict=True):
         assert r.image.shape == (3, 224, 224) and r.mask.shape == (224, 224)
         assert not torch.equal(p.image, r.image)
         if r.label:

@@ -39,7 +39,8 @@ def test_scenes_with_train_and_test_are_the_categories(stc):
 def test_train_streams_frames_in_order_with_stride(stc):
     data = ShanghaiTechCampus(root=str(stc))
     train = data.train("scene01", seed=0)
-    assert [r.id for r in train.records] == [f"01_001/{i:03d}" for i in range(5)] + [f"01_002/{i:03d}" for i in range(3)]
+    expected = [f"01_001/{i:03d}" for i in range(5)] + [f"01_002/{i:03d}" for i in range(3)]
+    assert [r.id for r in train.records] == expected
     sample = train[0]
     assert sample.image.shape == (3, 256, 256) and sample.image.dtype == torch.float32
     assert sample.mask.shape == (256, 256) and sample.mask.sum() == 0 and sample.label == 0
