@@ -18,8 +18,8 @@ the box they span while the binned curve takes the straight diagonal. Hence the 
 
 (for PRO the cell that straddles ``max_fpr`` counts (max_fpr - x_left) * dy, and the sum is divided by
 ``max_fpr``). For AUROC this is half the fraction of (defect, normal) pixel pairs that share a bin, and it is at
-most half the largest fraction of normal pixels in one bin, so it shrinks as 1/bins for any score density without
-atoms. The metrics expose it as ``error_bound`` after ``compute`` and warn when it exceeds ``BOUND_WARNING``.
+most half the largest fraction of normal pixels in one bin, so for scores with a bounded density inside the
+prefix's range it shrinks like 1/bins (about 1e-6 with the default 2**20 bins on the STC-scale benchmark). The metrics expose it as ``error_bound`` after ``compute`` and warn when it exceeds ``BOUND_WARNING``.
 """
 
 from __future__ import annotations
@@ -37,15 +37,20 @@ from anombench.api import Batch, Resources, Scores
 from anombench.errors import UserError
 
 DEFAULT_MAX_FPR = 0.3
-DEFAULT_PIXEL_BUDGET = 2**25  # 33.5 M pixels: every MVTec AD category stays exact (the largest has 11 M)
+DEFAULT_PIXEL_BUDGET = 2**24  # 16.8 M pixels: every MVTec AD category stays exact (the largest has 10.9 M)
 DEFAULT_BINS = 2**20
 TAIL_MANTISSA_BITS = 10  # out-of-range bins have a relative width of 2**-10 of their distance to the range
 BOUND_WARNING = 1e-4
+CURVE_POINTS = 1000
 
 # Labels 8-connected components within each image of a (N, H, W) stack: only the middle plane connects.
 _IN_PLANE_8_CONNECTED = np.zeros((3, 3, 3), dtype=bool)
 _IN_PLANE_8_CONNECTED[1] = True
 _FLOAT32_MANTISSA_BITS = 23
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
+# Pixels binned per step: temporaries of a few MB that the allocator reuses (on this machine a fresh 30 MB array
+# costs more in page faults than the arithmetic done in it).
+_CHUNK = 2**21
 
 
 class UndefinedMetricError(UserError, ValueError):
@@ -75,30 +80,52 @@ class Cells:
     binned: bool
 
 
-def exact_cells(scores: np.ndarray, positive: np.ndarray, overlap: np.ndarray | None = None) -> Cells:
+def exact_cells(scores: np.ndarray, positive: np.ndarray, positive_weights: np.ndarray | None = None) -> Cells:
     """One cell per distinct score value: merging runs of equal scores is how the official script handles ties.
 
-    ``overlap``, when given, is the per-sample PRO increment (1/|region| on defect pixels, 0 elsewhere).
+    ``positive_weights`` (PRO only) holds the overlap increment 1/|region| of each positive, in the order of
+    ``scores[positive]``. Only the positives (usually a small share) are sorted together with their weights; all
+    scores are sorted alone, which numpy does several times faster than an argsort, and the positives are then
+    placed among the distinct values by binary search.
     """
     scores = np.ravel(scores)
     positive = np.ravel(positive).astype(bool, copy=False)
-    if scores.size == 0:
-        empty = np.zeros(0, dtype=np.int64)
-        return Cells(empty, empty, None if overlap is None else np.zeros(0), binned=False)
-    order = np.argsort(scores, kind="stable")[::-1]
-    ranked = scores[order]
-    starts = np.flatnonzero(np.concatenate(([True], ranked[1:] != ranked[:-1])))
-    sizes = np.diff(np.append(starts, ranked.size))
-    positives = np.add.reduceat(positive[order], starts, dtype=np.int64)
-    overlaps = None if overlap is None else np.add.reduceat(np.ravel(overlap)[order].astype(np.float64), starts)
-    return Cells(sizes - positives, positives, overlaps, binned=False)
+    values, counts, _ = _runs(np.sort(scores))
+    positive_scores = scores[positive]
+    order = np.argsort(positive_scores)
+    positive_values, positive_counts, positive_starts = _runs(positive_scores[order])
+    cell_of = np.searchsorted(values, positive_values)
+    positives = np.zeros(values.size, dtype=np.int64)
+    positives[cell_of] = positive_counts
+    overlap = None
+    if positive_weights is not None:
+        overlap = np.zeros(values.size, dtype=np.float64)
+        if order.size:
+            sorted_weights = np.asarray(positive_weights, dtype=np.float64)[order]
+            overlap[cell_of] = np.add.reduceat(sorted_weights, positive_starts)
+        overlap = overlap[::-1]
+    return Cells((counts - positives)[::-1], positives[::-1], overlap, binned=False)
+
+
+def _runs(ordered: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Distinct values of a sorted array, how many times each occurs, and where each run starts."""
+    if ordered.size == 0:
+        return ordered, np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
+    is_start = np.empty(ordered.size, dtype=bool)
+    is_start[0] = True
+    np.not_equal(ordered[1:], ordered[:-1], out=is_start[1:])
+    starts = np.flatnonzero(is_start)
+    del is_start
+    counts = np.empty(starts.size, dtype=np.int64)
+    np.subtract(starts[1:], starts[:-1], out=counts[:-1])
+    counts[-1] = ordered.size - starts[-1]
+    return ordered[starts], counts, starts
 
 
 def roc_curve_from(cells: Cells) -> tuple[np.ndarray, np.ndarray]:
     """(FPR, TPR) at every cell boundary, from (0, 0) to (1, 1), float64."""
-    fpr = _cumulative(cells.negatives, cells.negatives.sum())
-    tpr = _cumulative(cells.positives, cells.positives.sum())
-    return np.concatenate(([0.0], fpr)), np.concatenate(([0.0], tpr))
+    return (_cumulative(cells.negatives, cells.negatives.sum(), ends_at_one=False),
+            _cumulative(cells.positives, cells.positives.sum(), ends_at_one=False))
 
 
 def pro_curve_from(cells: Cells, n_regions: int) -> tuple[np.ndarray, np.ndarray]:
@@ -107,13 +134,22 @@ def pro_curve_from(cells: Cells, n_regions: int) -> tuple[np.ndarray, np.ndarray
     keeps FPRs in float32, one of the pitfalls design.md lists)."""
     if cells.overlap is None:
         raise ValueError("PRO needs cells with overlap weights (build them with region sizes)")
-    fpr = np.minimum(_cumulative(cells.negatives, cells.negatives.sum()), 1.0)
-    pro = np.minimum(_cumulative(cells.overlap, n_regions), 1.0)
-    return np.concatenate(([0.0], fpr, [1.0])), np.concatenate(([0.0], pro, [1.0]))
+    return (_cumulative(cells.negatives, cells.negatives.sum(), ends_at_one=True),
+            _cumulative(cells.overlap, n_regions, ends_at_one=True))
 
 
-def _cumulative(increments: np.ndarray, total: float) -> np.ndarray:
-    return np.cumsum(increments) / float(total)
+def _cumulative(increments: np.ndarray, total: float, ends_at_one: bool) -> np.ndarray:
+    """0, then the running sum of ``increments`` / ``total`` clipped to 1 (float64), then 1 if ``ends_at_one``;
+    built in one array because at the exact path's scale every temporary costs."""
+    curve = np.empty(increments.size + 1 + ends_at_one, dtype=np.float64)
+    curve[0] = 0.0
+    inner = curve[1:curve.size - ends_at_one]
+    np.cumsum(increments, out=inner)
+    inner /= float(total)
+    np.minimum(inner, 1.0, out=inner)
+    if ends_at_one:
+        curve[-1] = 1.0
+    return curve
 
 
 def trapezoid(x: np.ndarray, y: np.ndarray, x_max: float | None = None) -> float:
@@ -123,7 +159,9 @@ def trapezoid(x: np.ndarray, y: np.ndarray, x_max: float | None = None) -> float
     """
     if x_max is not None:
         x, y = _cut_at(x, y, x_max)
-    return float(np.sum((x[1:] - x[:-1]) * (y[1:] + y[:-1])) / 2.0)
+    heights = y[1:] + y[:-1]
+    heights *= np.diff(x)
+    return float(np.sum(heights) / 2.0)
 
 
 def _cut_at(x: np.ndarray, y: np.ndarray, x_max: float) -> tuple[np.ndarray, np.ndarray]:
@@ -150,6 +188,17 @@ def binning_error_bound(x: np.ndarray, y: np.ndarray, x_max: float | None = None
     below = right <= x_max
     crossing = (left < x_max) & (right > x_max)
     return float(np.sum(dx[below] * dy[below]) / 2.0 + np.sum((x_max - left[crossing]) * dy[crossing]))
+
+
+def thin_polyline(x: np.ndarray, y: np.ndarray, max_points: int = CURVE_POINTS) -> tuple[np.ndarray, np.ndarray]:
+    """At most ``max_points`` points of a polyline, evenly spaced along its length (|dx| + |dy|), both ends kept:
+    enough to draw it, small enough to store with every cell (an exact curve has a point per distinct score)."""
+    if len(x) <= max_points:
+        return x, y
+    travelled = np.concatenate(([0.0], np.cumsum(np.abs(np.diff(x)) + np.abs(np.diff(y)))))
+    marks = np.searchsorted(travelled, np.linspace(0.0, travelled[-1], max_points - 1))
+    kept = np.unique(np.append(np.minimum(marks, len(x) - 1), len(x) - 1))
+    return x[kept], y[kept]
 
 
 def _require_both_classes(negatives: int, positives: int, metric: str, normal: str, anomalous: str) -> None:
@@ -194,9 +243,10 @@ def defect_region_sizes(masks: np.ndarray) -> tuple[np.ndarray, int]:
     """For a (N, H, W) stack of ground-truth masks: the size of the region of every defect pixel (in the order of
     ``masks[masks]``) and the number of regions. Regions are 8-connected components of each image separately."""
     defect = np.asarray(masks) != 0
-    labels, n_regions = ndimage.label(defect, structure=_IN_PLANE_8_CONNECTED)
-    sizes = np.bincount(labels.ravel())
-    return sizes[labels[defect]], int(n_regions)
+    with_defects = defect.reshape(len(defect), -1).any(axis=1)  # good images have no region: skip labelling them
+    labels, n_regions = ndimage.label(defect[with_defects], structure=_IN_PLANE_8_CONNECTED)
+    region_of_pixel = labels[defect[with_defects]]
+    return np.bincount(region_of_pixel)[region_of_pixel], int(n_regions)
 
 
 def pro_curve(maps: np.ndarray, masks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -216,14 +266,7 @@ def pro_score(maps: np.ndarray, masks: np.ndarray, max_fpr: float = DEFAULT_MAX_
 
 def _pro_cells(maps: np.ndarray, defect: np.ndarray) -> tuple[Cells, int]:
     sizes, n_regions = defect_region_sizes(defect)
-    return exact_cells(maps, defect, _overlap_weights(defect.ravel(), sizes)), n_regions
-
-
-def _overlap_weights(defect: np.ndarray, region_sizes: np.ndarray) -> np.ndarray:
-    """Per-pixel PRO increment: 1/|region| on defect pixels, 0 on normal ones (float64)."""
-    weights = np.zeros(defect.shape, dtype=np.float64)
-    weights[defect] = 1.0 / region_sizes
-    return weights
+    return exact_cells(maps, defect, 1.0 / sizes), n_regions
 
 
 def _pixels(maps: Any, masks: Any) -> tuple[np.ndarray, np.ndarray]:
@@ -264,40 +307,59 @@ class ScoreHistogram:
             raise ValueError(f"tail_bits must be in [0, 16] (2**(9 + tail_bits) tail bins), got {tail_bits}")
         self.lo, self.hi, self.inner_bins, self.tail_bits = float(lo), float(hi), int(inner_bins), int(tail_bits)
         self._tail_bins = 1 << (8 + self.tail_bits)  # every float32 exponent times every kept mantissa
-        self._scale = self.inner_bins / (self.hi - self.lo) if self.hi > self.lo else 0.0
+        # Clamped so that the float32 scale is finite: 0 * inf would be NaN for a score equal to lo.
+        self._scale = min(self.inner_bins / (self.hi - self.lo), _FLOAT32_MAX) if self.hi > self.lo else 0.0
         n_bins = 2 * self._tail_bins + self.inner_bins
         self._pixels = np.zeros(n_bins, dtype=np.int64)
         self._defects = np.zeros(n_bins, dtype=np.int64)
         self._overlap = np.zeros(n_bins, dtype=np.float64) if with_overlap else None
 
     def index(self, scores: np.ndarray) -> np.ndarray:
-        """Bin of each score (int64), non-decreasing in the score."""
-        s = np.asarray(scores, dtype=np.float64)
-        index = np.clip((s - self.lo) * self._scale, 0, self.inner_bins - 1).astype(np.int64) + self._tail_bins
-        below, above = s < self.lo, s > self.hi
+        """Bin of each float32 score (int64), non-decreasing in the score.
+
+        The arithmetic is float32: IEEE rounding is monotone, so every step keeps the order, which is all the
+        error bound needs (rounding only moves the bin edges a little); float64 would double the memory traffic.
+        """
+        # A difference beyond float32's range is +inf: the end bin, still ordered. inf * 0 (a zero-width range)
+        # only happens to out-of-range scores, whose inner index _index overwrites.
+        with np.errstate(over="ignore", invalid="ignore"):
+            return self._index(np.asarray(scores, dtype=np.float32))
+
+    def _index(self, s: np.ndarray) -> np.ndarray:
+        lo, hi = np.float32(self.lo), np.float32(self.hi)
+        position = s - lo
+        position *= np.float32(self._scale)
+        np.maximum(position, 0, out=position)
+        np.minimum(position, self.inner_bins - 1, out=position)
+        index = position.astype(np.int64)
+        index += self._tail_bins
+        below, above = s < lo, s > hi
         if below.any():
-            index[below] = self._tail_bins - 1 - self._tail_index(self.lo - s[below])
+            index[below] = self._tail_bins - 1 - self._tail_index(lo - s[below])
         if above.any():
-            index[above] = self._tail_bins + self.inner_bins + self._tail_index(s[above] - self.hi)
+            index[above] = self._tail_bins + self.inner_bins + self._tail_index(s[above] - hi)
         return index
 
     def _tail_index(self, distance: np.ndarray) -> np.ndarray:
-        """Monotone key of a positive distance: its float32 bit pattern (ordered like the value for positive
+        """Monotone key of a positive float32 distance: its bit pattern (ordered like the value for positive
         floats) without the low mantissa bits."""
-        with np.errstate(over="ignore"):  # beyond float32's range is +inf: the last bin, still ordered
-            bits = distance.astype(np.float32).view(np.uint32)
-        return (bits >> (_FLOAT32_MANTISSA_BITS - self.tail_bits)).astype(np.int64)
+        return (distance.view(np.uint32) >> (_FLOAT32_MANTISSA_BITS - self.tail_bits)).astype(np.int64)
 
     def add(self, scores: np.ndarray, defect: np.ndarray, overlap: np.ndarray | None) -> None:
         """Count flat ``scores`` with their bool ``defect`` flags; ``overlap`` holds the weights of the defect pixels
         (in the order of ``scores[defect]``) when the histogram tracks PRO."""
-        index = self.index(scores)
-        n_bins = self._pixels.size
-        self._pixels += np.bincount(index, minlength=n_bins)
-        defect_index = index[defect]
-        self._defects += np.bincount(defect_index, minlength=n_bins)
-        if self._overlap is not None:
-            self._overlap += np.bincount(defect_index, weights=overlap, minlength=n_bins)
+        overlap_start = 0
+        for start in range(0, scores.size, _CHUNK):
+            index = self.index(scores[start:start + _CHUNK])
+            first = int(index.min())
+            index -= first  # count over the span of bins in use, not all of them
+            _add_counts(self._pixels, first, index)
+            defect_index = index[defect[start:start + _CHUNK]]
+            _add_counts(self._defects, first, defect_index)
+            if self._overlap is not None:
+                weights = overlap[overlap_start:overlap_start + defect_index.size]
+                _add_counts(self._overlap, first, defect_index, weights)
+                overlap_start += defect_index.size
 
     def cells(self) -> Cells:
         """The non-empty bins, highest scores first."""
@@ -307,14 +369,20 @@ class ScoreHistogram:
         return Cells(self._pixels[kept] - defects, defects, overlap, binned=True)
 
 
+def _add_counts(total: np.ndarray, first: int, index: np.ndarray, weights: np.ndarray | None = None) -> None:
+    """total[first + i] += number (or weight sum) of occurrences of i in ``index``."""
+    counts = np.bincount(index, weights=weights)
+    total[first:first + counts.size] += counts
+
+
 class PixelStream:
     """Accumulates (maps, masks) batches into ``Cells`` for pixel AUROC and, with ``regions``, PRO.
 
     Exact while at most ``pixel_budget`` pixels have been seen: it keeps float32 scores, bool masks and, for PRO,
     the region size of each defect pixel (its overlap increment depends on nothing else), about 5 bytes a pixel;
-    ``cells()`` then sorts them, about 45 bytes a pixel at its peak. Past the budget it switches for good to a
-    ``ScoreHistogram`` of ``bins`` inner bins spanning the exact prefix's score range (24 bytes a bin, ~3 bins per
-    inner bin with the tails), and memory stops growing. Regions never span two images, so region sizes are known
+    ``cells()`` then sorts them, about 50 bytes a pixel at its peak. Past the budget it switches for good to a
+    ``ScoreHistogram`` of ``bins`` inner bins spanning the exact prefix's score range plus 2**(9 + tail_bits) tail
+    bins, 24 bytes each (40 MB with the defaults), and memory stops growing. Regions never span two images, so region sizes are known
     batch by batch and the per-region overlap histograms of PRO collapse into one histogram weighted by 1/|region|.
     """
 
@@ -338,7 +406,7 @@ class PixelStream:
         if self.histogram is not None:
             self.histogram.add(scores, defect, self._weights(sizes))
             return
-        self._scores.append(scores)
+        self._scores.append(scores.copy())  # the method may reuse its map buffer for the next batch
         self._defects.append(defect)
         self._region_sizes.append(sizes.astype(np.int32))
         self._stored += scores.size
@@ -349,22 +417,26 @@ class PixelStream:
         return 1.0 / region_sizes if self.regions else None
 
     def _prefix(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The stored pixels as flat scores, defect flags and defect-pixel region sizes."""
+        if not self._scores:
+            return np.zeros(0, np.float32), np.zeros(0, bool), np.zeros(0, np.int32)
         return np.concatenate(self._scores), np.concatenate(self._defects), np.concatenate(self._region_sizes)
 
     def _switch_to_histogram(self) -> None:
-        scores, defect, sizes = self._prefix()
+        """Bin the exact prefix batch by batch (no copy of it all), the inner range being the prefix's score
+        range."""
+        lo, hi = min(s.min() for s in self._scores), max(s.max() for s in self._scores)
+        self.histogram = ScoreHistogram(lo, hi, self.bins, with_overlap=self.regions)
+        for scores, defect, sizes in zip(self._scores, self._defects, self._region_sizes):
+            self.histogram.add(scores, defect, self._weights(sizes))
         self._scores, self._defects, self._region_sizes = [], [], []
-        self.histogram = ScoreHistogram(scores.min(), scores.max(), self.bins, with_overlap=self.regions)
-        self.histogram.add(scores, defect, self._weights(sizes))
 
     def cells(self) -> Cells:
         """Everything seen so far, as exact cells (under the budget) or as histogram bins."""
         if self.histogram is not None:
             return self.histogram.cells()
-        if not self._scores:
-            return exact_cells(np.zeros(0, np.float32), np.zeros(0, bool), np.zeros(0) if self.regions else None)
         scores, defect, sizes = self._prefix()
-        return exact_cells(scores, defect, _overlap_weights(defect, sizes) if self.regions else None)
+        return exact_cells(scores, defect, self._weights(sizes))
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -389,48 +461,62 @@ def _warn_if_loose(metric: str, bound: float) -> None:
                       "raise the metric's bins or pixel_budget", stacklevel=3)
 
 
-class PixelAUROC:
-    """Pixel-level AUROC over every test pixel, defect pixels positive; a fraction in [0, 1].
+class _PixelMetric:
+    """What pixel AUROC and PRO share: a ``PixelStream`` fed with every batch and, once computed, the binning
+    error bound and a drawable curve."""
 
-    Equals sklearn.metrics.roc_auc_score on all pixels (ties count one half) while the test set fits in
-    ``pixel_budget`` pixels; beyond it the value comes from ``bins``-bin histograms and ``error_bound`` (set by
-    ``compute``) is the guaranteed maximum |error| (see the module docstring).
-    """
-
-    def __init__(self, pixel_budget: int = DEFAULT_PIXEL_BUDGET, bins: int = DEFAULT_BINS) -> None:
-        _check_stream_params("pixel_auroc", pixel_budget, bins)
-        self._stream = PixelStream(regions=False, pixel_budget=pixel_budget, bins=bins)
+    def __init__(self, metric: str, regions: bool, pixel_budget: int, bins: int) -> None:
+        _check_stream_params(metric, pixel_budget, bins)
+        self._stream = PixelStream(regions=regions, pixel_budget=pixel_budget, bins=bins)
         self.error_bound = 0.0
+        self._curve: tuple[np.ndarray, np.ndarray] | None = None
 
     def update(self, scores: Scores, batch: Batch) -> None:
         self._stream.add(scores.maps, batch.masks)
 
+    def curve(self) -> tuple[np.ndarray, np.ndarray]:
+        """The curve behind the last ``compute``, thinned to at most ``CURVE_POINTS`` points, for the report."""
+        if self._curve is None:
+            raise RuntimeError("curve() is available after compute()")
+        return self._curve
+
+
+class PixelAUROC(_PixelMetric):
+    """Pixel-level AUROC over every test pixel, defect pixels positive; a fraction in [0, 1].
+
+    Equals sklearn.metrics.roc_auc_score on all pixels (ties count one half) while the test set fits in
+    ``pixel_budget`` pixels; beyond it the value comes from ``bins``-bin histograms and ``error_bound`` (set by
+    ``compute``) is the guaranteed maximum |error| (see the module docstring). ``curve()`` gives (FPR, TPR).
+    """
+
+    def __init__(self, pixel_budget: int = DEFAULT_PIXEL_BUDGET, bins: int = DEFAULT_BINS) -> None:
+        super().__init__("pixel_auroc", regions=False, pixel_budget=pixel_budget, bins=bins)
+
     def compute(self, resources: Resources) -> float:
-        value, self.error_bound = auroc_from_cells(self._stream.cells(), "pixel_auroc", "normal pixels",
-                                                   "defect pixels")
+        cells = self._stream.cells()
+        value, self.error_bound = auroc_from_cells(cells, "pixel_auroc", "normal pixels", "defect pixels")
+        self._curve = thin_polyline(*roc_curve_from(cells))
         _warn_if_loose("pixel_auroc", self.error_bound)
         return value
 
 
-class PRO:
+class PRO(_PixelMetric):
     """Per-region overlap integrated up to ``max_fpr`` and divided by it, as the official MVTec AD evaluation; a
     fraction in [0, 1]. Regions are the 8-connected components of each ground-truth mask; good images add normal
     pixels. Exact under ``pixel_budget`` pixels, binned beyond with ``error_bound`` as for ``PixelAUROC``.
+    ``curve()`` gives (FPR, PRO) up to ``max_fpr``.
     """
 
     def __init__(self, max_fpr: float = DEFAULT_MAX_FPR, pixel_budget: int = DEFAULT_PIXEL_BUDGET,
                  bins: int = DEFAULT_BINS) -> None:
         _check_max_fpr(max_fpr, "pro: parameter max_fpr")
-        _check_stream_params("pro", pixel_budget, bins)
+        super().__init__("pro", regions=True, pixel_budget=pixel_budget, bins=bins)
         self.max_fpr = float(max_fpr)
-        self._stream = PixelStream(regions=True, pixel_budget=pixel_budget, bins=bins)
-        self.error_bound = 0.0
-
-    def update(self, scores: Scores, batch: Batch) -> None:
-        self._stream.add(scores.maps, batch.masks)
 
     def compute(self, resources: Resources) -> float:
-        value, self.error_bound = pro_from_cells(self._stream.cells(), self._stream.n_regions, self.max_fpr, "pro")
+        cells = self._stream.cells()
+        value, self.error_bound = pro_from_cells(cells, self._stream.n_regions, self.max_fpr, "pro")
+        self._curve = thin_polyline(*_cut_at(*pro_curve_from(cells, self._stream.n_regions), self.max_fpr))
         _warn_if_loose("pro", self.error_bound)
         return value
 
@@ -444,7 +530,7 @@ class ImageAUROC:
         self._labels: list[np.ndarray] = []
 
     def update(self, scores: Scores, batch: Batch) -> None:
-        self._scores.append(_finite(np.asarray(scores.image_scores), "image scores"))
+        self._scores.append(_finite(np.array(scores.image_scores, copy=True), "image scores"))
         self._labels.append(batch.labels.detach().cpu().numpy() != 0)
 
     def compute(self, resources: Resources) -> float:

@@ -220,6 +220,17 @@ def test_bad_parameters_name_themselves(factory, params, message):
         factory(**params)
 
 
+def test_the_exact_path_keeps_its_own_copy_of_the_maps():
+    """A method may refill one output buffer for every batch."""
+    maps, masks = MASKS + np.float32(0.5) * np.sin(np.arange(MASKS.size, dtype=np.float32)).reshape(MASKS.shape), MASKS
+    expected = streamed(PRO(), maps, masks)
+    metric, buffer = PRO(), np.empty_like(maps[:1])
+    for i in range(len(maps)):
+        buffer[:] = maps[i:i + 1]
+        metric.update(*batch_of(buffer, masks[i:i + 1]))
+    assert metric.compute(Resources()) == expected
+
+
 # --- agreement with scikit-learn -------------------------------------------------------------------------------
 
 
@@ -324,13 +335,17 @@ def test_a_loose_bound_is_announced():
         streamed(PRO(pixel_budget=0, bins=2), maps, masks)
 
 
+FINITE_FLOAT32 = st.floats(width=32, allow_nan=False, allow_infinity=False)
+
+
 @settings(max_examples=300, deadline=None)
-@given(st.lists(st.floats(width=32, allow_nan=False, allow_infinity=False), min_size=1, max_size=200),
-       st.floats(-1e6, 1e6, width=32), st.floats(0, 1e6, width=32), st.integers(1, 1000), st.integers(0, 10))
-def test_histogram_bins_are_ordered_intervals_over_all_floats(scores, lo, width, inner_bins, tail_bits):
-    """Any finite float32, however far outside [lo, hi], lands in a bin, and the bin never decreases as the score
-    grows: the property the error bound rests on."""
-    histogram = ScoreHistogram(lo, np.float32(lo + width), inner_bins, with_overlap=False, tail_bits=tail_bits)
+@given(st.lists(FINITE_FLOAT32, min_size=1, max_size=200), st.lists(FINITE_FLOAT32, min_size=2, max_size=2),
+       st.integers(1, 1000), st.integers(0, 10))
+def test_histogram_bins_are_ordered_intervals_over_all_floats(scores, range_ends, inner_bins, tail_bits):
+    """Any finite float32, however far outside [lo, hi] (themselves anywhere, even equal), lands in a bin, and the
+    bin never decreases as the score grows: the property the error bound rests on."""
+    lo, hi = sorted(range_ends)
+    histogram = ScoreHistogram(lo, hi, inner_bins, with_overlap=False, tail_bits=tail_bits)
     index = histogram.index(np.sort(np.array(scores, dtype=np.float32)))
     assert np.all(np.diff(index) >= 0)
     assert index.min() >= 0 and index.max() < 2 * (1 << (8 + tail_bits)) + inner_bins
@@ -340,6 +355,23 @@ def test_histogram_gives_distinct_inner_scores_distinct_bins_when_bins_are_fine_
     histogram = ScoreHistogram(0.0, 1.0, 1000, with_overlap=False)
     index = histogram.index(np.linspace(0.0, 1.0, 1000, endpoint=False, dtype=np.float32) + 5e-4)
     assert len(np.unique(index)) == 1000
+
+
+def test_curves_for_the_report_are_bounded_and_drawn_faithfully():
+    maps, masks = continuous_test_set(seed=4, n_images=8)  # 8192 distinct scores: an 8193-point exact curve
+    roc = PixelAUROC()
+    with pytest.raises(RuntimeError, match="after compute"):
+        roc.curve()
+    value = streamed(roc, maps, masks)
+    fpr, tpr = roc.curve()
+    assert len(fpr) <= 1000 and (fpr[0], tpr[0], fpr[-1], tpr[-1]) == (0, 0, 1, 1)
+    assert np.all(np.diff(fpr) >= 0) and np.all(np.diff(tpr) >= 0)
+    assert trapezoid(fpr, tpr) == pytest.approx(value, abs=2e-3)
+    pro = PRO(max_fpr=0.2)
+    value = streamed(pro, maps, masks)
+    fpr, overlap = pro.curve()
+    assert len(fpr) <= 1000 and fpr[-1] == pytest.approx(0.2)
+    assert trapezoid(fpr, overlap) / 0.2 == pytest.approx(value, abs=2e-3)
 
 
 # --- plugin registration and resources -------------------------------------------------------------------------
