@@ -98,7 +98,8 @@ def check_plugins(needed: Iterable[Needed], registry: Registry) -> None:
         if have is None:
             problems.append(f"{need.label()} is not registered (install {wanted})")
         elif need.distribution and (have.distribution, have.version) != (need.distribution, need.version):
-            problems.append(f"{need.label()} comes from {have.distribution} {have.version}, the client has {wanted}")
+            theirs = f"{have.distribution} {have.version}".strip()
+            problems.append(f"{need.label()} comes from {theirs}, the client has {wanted}")
     if problems:
         raise UserError(f"worker {worker_name()}: {'; '.join(problems)}; every worker needs the client's plugins "
                         "installed, at the same versions")
@@ -106,11 +107,12 @@ def check_plugins(needed: Iterable[Needed], registry: Registry) -> None:
 
 def run_task(task: GroupTask, needed: tuple[Needed, ...] = ()) -> Records:
     """The worker side: check the plugins, run the group with the worker's own entry-point registry, and tag
-    each record with the worker that computed it (timings depend on its hardware)."""
+    each record with the worker that computed it and its torch threads (timings depend on the one, float32
+    results in the last bits on the other)."""
     check_plugins(needed, default_registry())
     records = execute_group(task)
-    where = worker_name()
-    return [record | {"worker": where} for record in records]
+    where = {"worker": worker_name(), "torch_threads": torch.get_num_threads()}
+    return [record | where for record in records]
 
 
 class _Future(Protocol):
