@@ -17,6 +17,7 @@ from sklearn.metrics import roc_auc_score
 
 from anombench.api import Batch, Resources, Scores
 from anombench.errors import UserError
+from anombench.params import validate
 from anombench.plugins import collect, make_plugin_manager
 from anombench_plugins.metrics import (
     PRO,
@@ -65,7 +66,7 @@ def reference_pro(maps: np.ndarray, masks: np.ndarray, max_fpr: float) -> float:
     of the share of the region scoring >= t; clip to 1; add (0, 0) and (1, 1); trapezoid up to max_fpr with
     linear interpolation there; divide by max_fpr."""
     flat_scores = maps.astype(np.float64).ravel()
-    region_of = np.concatenate([skimage_label(m, connectivity=2, background=0).ravel() + 0 for m in masks])
+    region_of = np.concatenate([skimage_label(m, connectivity=2, background=0).ravel() for m in masks])
     offsets = np.repeat(np.arange(len(masks)) * (maps[0].size + 1), maps[0].size)
     region_of = np.where(region_of > 0, region_of + offsets, 0)
     regions = [region_of == r for r in np.unique(region_of[region_of > 0])]
@@ -108,7 +109,7 @@ def one_row(scores: list[float], mask: list[int]) -> tuple[np.ndarray, np.ndarra
 MASKS = np.zeros((3, 6, 6), dtype=np.uint8)
 MASKS[0, 1:3, 1:4] = 1
 MASKS[1, 4:6, 0:2] = 1
-MASKS[1, 0, 5] = 1  # image 2 is good
+MASKS[1, 0, 5] = 1  # a one-pixel region; image 2 stays good
 PERFECT = MASKS.astype(np.float32) + 0.25 * np.arange(MASKS.size, dtype=np.float32).reshape(MASKS.shape) / MASKS.size
 
 
@@ -399,6 +400,13 @@ def test_factories_build_with_no_parameters_and_annotate_the_rest(registered):
             assert parameter.annotation is not inspect.Parameter.empty, (entry.name, parameter.name)
             assert parameter.default is not inspect.Parameter.empty, (entry.name, parameter.name)
     assert inspect.signature(PRO).parameters["max_fpr"].default == 0.3
+
+
+def test_suite_validation_rejects_unknown_parameters_of_every_metric(registered):
+    for name, entry in registered.items():
+        with pytest.raises(UserError, match="unknown parameter"):
+            validate(f"suites/x.yaml: metrics.{name}", entry.factory, {"max_fpr_typo": 0.3})
+    validate("suites/x.yaml: metrics.pro", registered["pro"].factory, {"max_fpr": 0.2, "bins": 4096})
 
 
 def test_resource_metrics_read_what_the_runner_measured(registered):
