@@ -203,6 +203,8 @@ def _record(task: GroupTask, member: Member, resources: Resources, peers: list[s
     if member.error is None:
         try:
             record["metrics"] = {name: float(m.compute(resources)) for name, m in member.metrics.items()}
+            record["metric_error_bounds"] = {name: float(m.error_bound) for name, m in member.metrics.items()
+                                             if getattr(m, "error_bound", 0.0)}
             record[ARTIFACTS] = {"examples.npz": member.examples.to_bytes(),
                                  "curves.json": json.dumps(_curves(member)).encode()}
         except Exception as exc:

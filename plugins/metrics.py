@@ -465,6 +465,8 @@ class _PixelMetric:
     """What pixel AUROC and PRO share: a ``PixelStream`` fed with every batch and, once computed, the binning
     error bound and a drawable curve."""
 
+    higher_is_better = True  # a quality figure: `anombench compare` gates on it
+
     def __init__(self, metric: str, regions: bool, pixel_budget: int, bins: int) -> None:
         _check_stream_params(metric, pixel_budget, bins)
         self._stream = PixelStream(regions=regions, pixel_budget=pixel_budget, bins=bins)
@@ -524,6 +526,8 @@ class PRO(_PixelMetric):
 class ImageAUROC:
     """Image-level AUROC of the method's own image scores (PaDiM's: the maximum of the map) against the image
     labels; a fraction in [0, 1], exact (equals sklearn.metrics.roc_auc_score)."""
+
+    higher_is_better = True
 
     def __init__(self) -> None:
         self._scores: list[np.ndarray] = []
