@@ -173,8 +173,8 @@ class VAE:
         self.device = torch.device(device)
         self.generator = torch.Generator().manual_seed(seed)  # augmentation and order
         self.noise = torch.Generator(device=self.device).manual_seed(seed)  # reparameterisation noise
-        with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
-            torch.manual_seed(seed)
+        with torch.random.fork_rng(devices=[]):  # built on the CPU: only the CPU generator is touched, then restored
+            torch.random.default_generator.manual_seed(seed)
             self.model = ConvVAE(latent_channels, list(decoder_channels), weights, seed).to(self.device)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=lr, fused=True)  # one kernel, not one per tensor
         self.augment = Augmenter(rotation, resize, random_crop, crop, self.generator)
