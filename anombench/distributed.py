@@ -128,13 +128,19 @@ def records_of(future: _Future, task: GroupTask) -> Records:
 
 
 def stream(futures: dict[Any, GroupTask], completed: Iterator[Any], on_records: OnRecords) -> None:
-    """Hand each task's records back in the order the tasks finish."""
+    """Hand each task's records back in the order the tasks finish, then drop the future so the cluster can
+    forget the result (records carry example images)."""
     for future in completed:
-        on_records(records_of(future, futures[future]))
+        on_records(records_of(future, futures.pop(future)))
+
+
+def available_cores() -> int:
+    """Cores this process may run on (its CPU affinity, which containers and batch systems restrict)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def cores_per_worker(workers: int) -> int:
-    return max(1, (os.cpu_count() or 1) // workers)
+    return max(1, available_cores() // workers)
 
 
 def process_pool_executor(jobs: int) -> Executor:
@@ -176,7 +182,7 @@ def worker_specs(device: str) -> dict[str, dict[str, Any]]:
         envs = [{"CUDA_VISIBLE_DEVICES": name} for name in names]
         resources: dict[str, float] = {"GPU": 1}
     else:
-        count, _ = nprocesses_nthreads()
+        count, _ = nprocesses_nthreads(available_cores())
         envs, resources = [{} for _ in range(count)], {}
     threads = str(cores_per_worker(len(envs)))
     thread_env = {"OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
@@ -211,7 +217,7 @@ def connect(scheduler: str | None, device: str, retries: int) -> Iterator[Client
         return
     try:
         client = Client(scheduler)
-    except (OSError, TimeoutError) as exc:
+    except (OSError, TimeoutError, ValueError) as exc:  # unreachable, or not an address (no port, bad scheme)
         raise UserError(f"--scheduler {scheduler}: cannot connect ({type(exc).__name__}: {exc}); start one with "
                         "`dask scheduler` and workers with `dask worker ADDRESS`") from None
     with client:
@@ -232,6 +238,14 @@ def wants_gpu(task: GroupTask) -> bool:
     return task.options.device.startswith("cuda")
 
 
+def check_device(tasks: list[GroupTask]) -> None:
+    """``cuda:N`` names a GPU of the client; a worker sees only the GPU it was started with."""
+    numbered = {task.options.device for task in tasks if task.options.device.startswith("cuda:")}
+    if numbered:
+        raise UserError(f"--device {numbered.pop()}: on Dask every worker uses the GPU it was started with; "
+                        "pass --device cuda and start one worker per GPU (CUDA_VISIBLE_DEVICES=N dask worker ...)")
+
+
 def submit_options(task: GroupTask) -> dict[str, Any]:
     """A readable, unique task key (the dashboard and KilledWorker name it) and the GPU a cuda task needs."""
     cells = "+".join(spec.name for spec in task.methods)
@@ -250,6 +264,7 @@ def dask_executor(scheduler: str | None, registry: Registry, retries: int = 2) -
     the same plugins, checked before each task.
     """
     def run(tasks: list[GroupTask], on_records: OnRecords) -> None:
+        check_device(tasks)
         device = "cuda" if any(wants_gpu(task) for task in tasks) else "cpu"
         from distributed import as_completed
 

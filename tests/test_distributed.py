@@ -72,18 +72,20 @@ def scheduler(site, tmp_path_factory) -> Iterator[str]:
     address_file, log = base / "scheduler.json", (base / "cluster.log").open("w")
     dask = [sys.executable, "-m", "dask"]
     started = [subprocess.Popen([*dask, "scheduler", "--host", "127.0.0.1", "--port", "0", "--no-dashboard",
-                                 "--scheduler-file", str(address_file)], env=plugin_env(site), stdout=log, stderr=log)]
+                                 "--scheduler-file", str(address_file)], env=plugin_env(site), stdout=log, stderr=log,
+                                start_new_session=True)]
     started.append(subprocess.Popen([*dask, "worker", "--scheduler-file", str(address_file), "--nworkers", "2",
                                      "--nthreads", "1", "--no-dashboard", "--memory-limit", "0"],
-                                    cwd=base / "workers", env=plugin_env(site), stdout=log, stderr=log))
+                                    cwd=base / "workers", env=plugin_env(site), stdout=log, stderr=log,
+                                    start_new_session=True))
     try:
         with distributed.Client(scheduler_file=str(address_file), timeout=120) as client:
             client.wait_for_workers(2, timeout=120)
             address = client.scheduler.address
         yield address
     finally:
-        for process in reversed(started):
-            process.terminate()
+        for process in reversed(started):  # each in a session of its own: the group is it and its workers
+            os.killpg(process.pid, signal.SIGKILL)
             process.wait(timeout=60)
         log.close()
 
