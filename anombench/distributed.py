@@ -34,14 +34,16 @@ import os
 import socket
 import sys
 import uuid
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
 
 from anombench.errors import UserError
-from anombench.plugins import Kind, Registry, registry as default_registry
+from anombench.plugins import Kind, Registry
+from anombench.plugins import registry as default_registry
 from anombench.runner import Executor, GroupTask, _failed_records, execute_group
 
 if TYPE_CHECKING:

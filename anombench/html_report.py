@@ -22,7 +22,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import yaml  # noqa: E402
 
-from anombench.report import failed_cells, provenance_markdown  # noqa: E402
+from anombench.report import failed_cells, overrides_notice, provenance_markdown  # noqa: E402
 from anombench.results import RunStore, load_cells  # noqa: E402
 from anombench.suite import table_of  # noqa: E402
 from anombench.tables import long_table, wide_table  # noqa: E402
@@ -146,6 +146,7 @@ def render_html(run_dir: str | Path) -> str:
     failed = failed_cells(cells)
     parts = [f"<h1>{html.escape(str(doc.get('name', run_dir.name)))}</h1>",
              f"<p>{html.escape(str(doc.get('description') or ''))}</p>",
+             f'<p class="failed">{html.escape(overrides_notice(run_dir).replace("**", "").replace("`", ""))}</p>',
              "<h2>Table</h2>",
              f'<div class="scroll">{wide.to_html(escape=True) if not wide.empty else "<p>no finished cells</p>"}</div>',
              f"<p>Cells: {html.escape(', '.join(spec.cell))} ({'%' if spec.percent else 'raw units'}); "

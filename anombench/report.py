@@ -36,7 +36,7 @@ def write_tables(run_dir: str | Path) -> None:
 
 def provenance_markdown(run_dir: str | Path) -> str:
     info = load_provenance(run_dir)
-    keys = ("suite", "anombench_version", "git_commit", "device", "gpu", "cpu", "threads", "seeds", "batch_size",
+    keys = ("suite", "overrides", "anombench_version", "git_commit", "device", "gpu", "cpu", "threads", "seeds", "batch_size",
             "started_at", "suite_sha256", "command")
     lines = [f"- **{key}**: {info[key]}" for key in keys if info.get(key) not in (None, "")]
     versions = ", ".join(f"{name} {version}" for name, version in sorted((info.get("versions") or {}).items()))
@@ -45,11 +45,21 @@ def provenance_markdown(run_dir: str | Path) -> str:
     return "\n".join(lines)
 
 
+def overrides_notice(run_dir: str | Path) -> str:
+    """A visible line when the run departs from its suite file (e.g. a backbone substituted), since the paper's
+    figures beside ours then compare different setups."""
+    overrides = load_provenance(run_dir).get("overrides") or []
+    if not overrides:
+        return ""
+    return "**Run with overrides of the suite file** (figures may not be comparable with the paper's): " + \
+        ", ".join(f"`{item}`" for item in overrides)
+
+
 def report_markdown(run_dir: str | Path) -> str:
     run_dir = Path(run_dir)
     doc = yaml.safe_load((run_dir / "suite.yaml").read_text())
     markdown, _ = tables_markdown(run_dir)
     title = f"# {doc.get('name', run_dir.name)}"
     description = str(doc.get("description") or "").strip()
-    parts = [title, description, markdown, "## Provenance", provenance_markdown(run_dir)]
+    parts = [title, description, overrides_notice(run_dir), markdown, "## Provenance", provenance_markdown(run_dir)]
     return "\n\n".join(p for p in parts if p) + "\n"

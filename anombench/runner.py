@@ -367,6 +367,7 @@ def _cpu_name() -> str:
 def provenance(suite: Suite, options: RunOptions, registry: Registry) -> dict[str, Any]:
     return {
         "suite": suite.name, "suite_file": suite.path, "suite_sha256": suite.sha256(),
+        "overrides": list(suite.overrides),
         "anombench_version": anombench.__version__, "git_commit": git_commit(),
         "versions": _versions(registry), "python": sys.version.split()[0], "platform": platform.platform(),
         "cpu": _cpu_name(), "cpu_count": os.cpu_count(),

@@ -20,6 +20,7 @@ Example (suites/quickstart.yaml is a complete one)::
 from __future__ import annotations
 
 import copy
+import dataclasses
 import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -87,6 +88,7 @@ class Suite:
     table: TableSpec
     reference: dict[str, Any]
     source: dict[str, Any]
+    overrides: tuple[str, ...] = ()
 
     def sha256(self) -> str:
         return hashlib.sha256(yaml.safe_dump(self.source, sort_keys=True).encode()).hexdigest()
@@ -298,7 +300,8 @@ def load_suite(path: str | Path, registry: Registry, overrides: list[str] = (),
                data_roots: dict[str, str] | None = None) -> Suite:
     """Read, override and validate a suite file."""
     doc = apply_overrides(load_yaml(path), [parse_override(o) for o in overrides], data_roots or {})
-    return build_suite(doc, str(path), registry)
+    suite = build_suite(doc, str(path), registry)
+    return dataclasses.replace(suite, overrides=tuple(overrides))
 
 
 def expand(suite: Suite, categories_of: dict[str, list[str]]) -> list[Cell]:

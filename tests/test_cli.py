@@ -69,7 +69,8 @@ def test_plugin_filter_environment_variable(site, tmp_path):
 
 def test_run_report_compare_end_to_end(site, tmp_path):
     suite = write_suite(tmp_path / "suite.yaml", ["disc", "stripes"])
-    result = anombench("run", str(suite), "--out", "run", "--quiet", "--device", "cpu", site=site, cwd=tmp_path)
+    result = anombench("run", str(suite), "--out", "run", "--quiet", "--device", "cpu", "--set", "batch_size=3",
+                       site=site, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert "| disc" in result.stdout and "results: run" in result.stdout
     for name in ("cells.jsonl", "run.json", "suite.yaml", "table.md", "table.csv"):
@@ -78,6 +79,8 @@ def test_run_report_compare_end_to_end(site, tmp_path):
     assert provenance["versions"]["anombench-pixelstats"] == "1.2.3" and provenance["suite_sha256"]
     report = anombench("report", "run", site=site, cwd=tmp_path, check=True).stdout
     assert "## Provenance" in report and "(pixel_auroc" not in report and "pixel_auroc, pro (%)" in report
+    assert "Run with overrides of the suite file" in report and "`batch_size=3`" in report
+    assert (tmp_path / "run" / "report.html").exists()
 
     same = anombench("compare", "run", "run", site=site, cwd=tmp_path, check=True)
     assert "within 0.005" in same.stdout
