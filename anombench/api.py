@@ -127,6 +127,20 @@ class SharesFeatures(Protocol):
     def score_features(self, features: Any, batch: Batch) -> Scores: ...
 
 
+class ComposedFromSharedSteps:
+    """Mixin for a SharesFeatures method: ``fit`` and ``score_maps`` are exactly the shared steps composed, so a
+    method alone and the same method in a shared group give identical numbers by construction."""
+
+    def fit(self, train: Iterable[Batch]) -> None:
+        self.fit_begin()
+        for batch in train:
+            self.fit_step(self.extract(batch.images))
+        self.fit_end()
+
+    def score_maps(self, batch: Batch) -> Scores:
+        return self.score_features(self.extract(batch.images), batch)
+
+
 SHARED_HOOKS = ("feature_key", "extract", "fit_begin", "fit_step", "fit_end", "score_features")
 
 

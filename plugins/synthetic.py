@@ -143,12 +143,18 @@ def _scratch(rng, img, region):
     return mask
 
 
-def _spot(rng, img, region):
-    size = img.shape[0]
-    y0, x0 = _point_inside(rng, region, size // 6)
+def _ellipse(rng: np.random.Generator, region: Mask, margin: int, radii: tuple[float, float],
+             min_radius: float) -> Mask:
+    """A random axis-aligned ellipse inside the region; radii as fractions of the image size."""
+    size = region.shape[0]
+    y0, x0 = _point_inside(rng, region, margin)
     yy, xx = np.mgrid[0:size, 0:size]
-    ry, rx = np.maximum(rng.uniform(0.02, 0.05, 2) * size, 1.5)
-    mask = (((yy - y0) / ry) ** 2 + ((xx - x0) / rx) ** 2 <= 1) & region
+    ry, rx = np.maximum(rng.uniform(*radii, 2) * size, min_radius)
+    return (((yy - y0) / ry) ** 2 + ((xx - x0) / rx) ** 2 <= 1) & region
+
+
+def _spot(rng, img, region):
+    mask = _ellipse(rng, region, img.shape[0] // 6, (0.02, 0.05), 1.5)
     img[mask] *= 0.3
     return mask
 
@@ -167,11 +173,7 @@ def _crack(rng, img, region):
 
 
 def _color(rng, img, region):
-    size = img.shape[0]
-    y0, x0 = _point_inside(rng, region, size // 5)
-    yy, xx = np.mgrid[0:size, 0:size]
-    ry, rx = np.maximum(rng.uniform(0.05, 0.09, 2) * size, 2.0)
-    mask = (((yy - y0) / ry) ** 2 + ((xx - x0) / rx) ** 2 <= 1) & region
+    mask = _ellipse(rng, region, img.shape[0] // 5, (0.05, 0.09), 2.0)
     img[mask] = img[mask][:, [2, 0, 1]] * np.array([0.6, 1.3, 0.6])
     return mask
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from anombench.api import Batch, Scores
+from anombench.api import Batch, ComposedFromSharedSteps, Scores
 from anombench.errors import UserError
 from anombench.plugins import Registered, Registry
 from anombench.report import write_tables
@@ -19,7 +19,7 @@ from anombench.suite import build_suite
 QUIET = RunOptions(device="cpu", threads=2, show_progress=False)
 
 
-class PooledGaussian:
+class PooledGaussian(ComposedFromSharedSteps):
     """A SharesFeatures method for tests: features = 4x4 average-pooled pixels (extract counts its calls);
     per-position diagonal Gaussian; ``min_std`` makes variants that differ only after extraction."""
 
@@ -52,15 +52,6 @@ class PooledGaussian:
         maps = torch.nn.functional.interpolate(distance, size=batch.images.shape[-2:], mode="nearest")[:, 0]
         maps = maps.float().numpy()
         return Scores(maps, maps.reshape(len(batch), -1).max(1))
-
-    def fit(self, train) -> None:
-        self.fit_begin()
-        for batch in train:
-            self.fit_step(self.extract(batch.images))
-        self.fit_end()
-
-    def score_maps(self, batch: Batch) -> Scores:
-        return self.score_features(self.extract(batch.images), batch)
 
     def model_bytes(self) -> int:
         return int(self.mean.numel() * 16)

@@ -1,0 +1,70 @@
+"""The synthetic dataset: deterministic, MVTec-like, and its masks are exactly the pixels its defects changed."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch.utils.data import DataLoader
+
+from anombench.api import collate
+from anombench.errors import UserError
+from anombench_plugins.synthetic import (APPLY_DEFECT, CATEGORIES, DRAW, OBJECTS, SyntheticDataset, _rng,
+                                         defects_for)
+
+
+def test_same_seed_same_images_other_seed_other_images():
+    a, b = SyntheticDataset(image_size=64), SyntheticDataset(image_size=64)
+    c = SyntheticDataset(image_size=64, data_seed=1)
+    for category in CATEGORIES:
+        first, again, other = a.test(category, 0)[12], b.test(category, 0)[12], c.test(category, 0)[12]
+        assert torch.equal(first.image, again.image) and torch.equal(first.mask, again.mask)
+        assert not torch.equal(first.image, other.image)
+
+
+def test_layout_labels_ids_and_groups():
+    data = SyntheticDataset(image_size=48, n_train=5, n_test_good=3, n_test_defective=10)
+    assert data.categories() == list(CATEGORIES)
+    assert [data.group(c) for c in CATEGORIES] == ["texture", "texture", "object", "object"]
+    for category in CATEGORIES:
+        train, test = data.train(category, 0), data.test(category, 0)
+        assert len(train) == 5 and len(test) == 13
+        assert all(train[i].label == 0 and train[i].mask.sum() == 0 for i in range(5))
+        goods, defects = [test[i] for i in range(3)], [test[i] for i in range(3, 13)]
+        assert all(s.label == 0 and s.mask.sum() == 0 and s.id.startswith("good/") for s in goods)
+        assert all(s.label == 1 and s.mask.sum() >= 4 for s in defects)
+        assert {s.id.split("/")[0] for s in defects} == set(defects_for(category))
+        sample = test[5]
+        assert sample.image.shape == (3, 48, 48) and sample.image.dtype == torch.float32
+        assert 0.0 <= float(sample.image.min()) and float(sample.image.max()) <= 1.0
+        assert sample.mask.dtype == torch.uint8 and set(sample.mask.unique().tolist()) <= {0, 1}
+
+
+@pytest.mark.parametrize("category", CATEGORIES)
+@pytest.mark.parametrize("defect", sorted(APPLY_DEFECT))
+def test_mask_is_exactly_what_the_defect_changed(category, defect):
+    if defect not in defects_for(category):
+        assert category not in OBJECTS and defect == "missing"
+        return
+    for index in range(5):
+        rng = _rng("mask-test", category, defect, index)
+        clean, region = DRAW[category](rng, 96)
+        damaged = clean.copy()
+        mask = APPLY_DEFECT[defect](rng, damaged, region)
+        changed = np.abs(damaged - clean).max(-1) > 1e-3
+        assert not (changed & ~mask).any(), "a pixel changed outside the mask"
+        assert changed[mask].mean() > 0.8, "most mask pixels must visibly change"
+
+
+def test_unknown_category_and_tiny_size_are_one_line_errors():
+    with pytest.raises(UserError, match="synthetic: unknown categories \\['bottle'\\]; available: stripes"):
+        SyntheticDataset(categories=["bottle"])
+    with pytest.raises(UserError, match="image_size must be at least 32"):
+        SyntheticDataset(image_size=16)
+
+
+def test_splits_load_through_worker_processes():
+    split = SyntheticDataset(image_size=32, n_test_good=2, n_test_defective=2).test("plate", 0)
+    batches = list(DataLoader(split, batch_size=3, num_workers=2, collate_fn=collate))
+    assert [len(b) for b in batches] == [3, 1]
+    assert torch.equal(batches[0].images[2], split[2].image)
