@@ -20,12 +20,14 @@ Numerics, and why:
 - Maps: distances on the feature grid, bicubic upsampling to the input size (align_corners=False), then a
   Gaussian filter with sigma 4 equal to ``scipy.ndimage.gaussian_filter(sigma=4)``'s defaults: the kernel is
   truncated at int(4 sigma + 0.5) = 16 pixels (33 taps) and borders are extended by half-sample symmetric
-  reflection (scipy's mode "reflect": d c b a | a b c d). Image score = max of the map.
+  reflection (scipy's mode "reflect": d c b a | a b c d). Both steps are linear and separable, so they are
+  applied as one (H, h) and one (W, w) matrix: two small matmuls per map. Image score = max of the map.
 """
 
 from __future__ import annotations
 
 import json
+from functools import lru_cache
 from pathlib import Path
 from typing import Iterable, Literal
 
@@ -249,9 +251,10 @@ def embedding_concat(maps: list[torch.Tensor]) -> torch.Tensor:
 
 
 def position_major(embedding: torch.Tensor) -> torch.Tensor:
-    """(B, C, H, W) -> (H*W, B, C): the layout in which every position is one batched matrix."""
+    """(B, C, H, W) -> (H*W, B, C), contiguous: every position one dense matrix for the batched products (a
+    strided view would leave positions interleaved in memory and make every bmm gather element by element)."""
     b, c, h, w = embedding.shape
-    return embedding.permute(2, 3, 0, 1).reshape(h * w, b, c)
+    return embedding.permute(2, 3, 0, 1).reshape(h * w, b, c).contiguous()
 
 
 class PadimHead:
@@ -379,21 +382,41 @@ def reflect_indices(n: int, radius: int) -> torch.Tensor:
     return torch.where(i < n, i, 2 * n - 1 - i)
 
 
-def gaussian_blur(maps: torch.Tensor, sigma: float = GAUSSIAN_SIGMA, truncate: float = GAUSSIAN_TRUNCATE) -> torch.Tensor:
-    """Separable Gaussian filter of (B, H, W) maps, equal to scipy.ndimage.gaussian_filter(mode='reflect')."""
-    kernel = gaussian_kernel(sigma, truncate).to(maps)
+@lru_cache(maxsize=32)
+def gaussian_matrix(n: int, sigma: float = GAUSSIAN_SIGMA, truncate: float = GAUSSIAN_TRUNCATE) -> torch.Tensor:
+    """The 1-D Gaussian filter of a length-n axis, reflection included, as an (n, n) float64 matrix.
+
+    Filtering is linear, so a map is filtered by two small matmuls, far faster on CPU than a 33-tap convolution.
+    """
+    kernel = gaussian_kernel(sigma, truncate)
     radius = (kernel.numel() - 1) // 2
+    source = reflect_indices(n, radius).unfold(0, kernel.numel(), 1)  # (n, taps): input index of each tap
+    matrix = torch.zeros(n, n, dtype=torch.float64)
+    matrix.scatter_add_(1, source, kernel.expand(n, -1).contiguous())
+    return matrix
+
+
+@lru_cache(maxsize=32)
+def upsample_blur_matrix(n_in: int, n_out: int) -> torch.Tensor:
+    """(n_out, n_in) float64: torch's bicubic upsampling (align_corners=False), read off a one-hot basis so it is
+    exactly ``F.interpolate``, followed by the Gaussian filter."""
+    basis = torch.eye(n_in, dtype=torch.float64).view(n_in, 1, n_in, 1)
+    bicubic = F.interpolate(basis, size=(n_out, 1), mode="bicubic", align_corners=False)[:, 0, :, 0].T
+    return gaussian_matrix(n_out) @ bicubic
+
+
+def gaussian_blur(maps: torch.Tensor) -> torch.Tensor:
+    """Gaussian filter (sigma 4) of (B, H, W) maps, equal to scipy.ndimage.gaussian_filter(mode='reflect')."""
     h, w = maps.shape[-2:]
-    x = maps[:, None].index_select(3, reflect_indices(w, radius).to(maps.device))
-    x = F.conv2d(x, kernel.view(1, 1, 1, -1))
-    x = x.index_select(2, reflect_indices(h, radius).to(maps.device))
-    return F.conv2d(x, kernel.view(1, 1, -1, 1))[:, 0]
+    return gaussian_matrix(h).to(maps) @ maps @ gaussian_matrix(w).to(maps).T
 
 
 def anomaly_maps(distances: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """Distance maps (B, h, w) -> bicubic upsampling to ``size`` -> Gaussian filter, sigma 4."""
-    up = F.interpolate(distances[:, None], size=size, mode="bicubic", align_corners=False)[:, 0]
-    return gaussian_blur(up)
+    """Distance maps (B, h, w) -> bicubic upsampling to ``size`` -> Gaussian filter, sigma 4, as two matmuls."""
+    h, w = distances.shape[-2:]
+    rows = upsample_blur_matrix(h, size[0]).to(distances)
+    cols = upsample_blur_matrix(w, size[1]).to(distances)
+    return rows @ distances @ cols.T
 
 
 def to_scores(maps: torch.Tensor) -> Scores:

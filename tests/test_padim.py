@@ -18,6 +18,7 @@ from anombench_plugins.padim import (
     PaDiM,
     PatchGaussian,
     StreamingMoments,
+    anomaly_maps,
     check_inverse,
     embedding_concat,
     gaussian_blur,
@@ -218,9 +219,16 @@ def test_gaussian_kernel_has_33_taps_and_the_border_mode_is_half_sample_symmetri
     assert kernel.numel() == 33 and abs(float(kernel.sum()) - 1) < 1e-12
     ramp = torch.arange(40.0).repeat(40, 1)[None]  # value = column index
     blurred = gaussian_blur(ramp)[0, 0]
-    # half-sample reflection mirrors the ramp about x = -0.5: the left edge sees 0,1,...,16 on both sides
+    # half-sample reflection mirrors the ramp about x = -0.5: the left edge sees 15..0 then 0..16
     expected_left = float((kernel * torch.cat([torch.arange(16, 0, -1) - 1, torch.arange(0, 17)])).sum())
-    assert abs(float(blurred[0]) - expected_left) < 1e-5
+    assert abs(float(blurred[0]) - expected_left) < 1e-4
+
+
+def test_upsampling_is_torch_bicubic_then_the_blur():
+    distances = torch.from_numpy(RNG.random((2, 7, 11)))
+    expected = gaussian_blur(F.interpolate(distances[:, None], size=(28, 33), mode="bicubic",
+                                           align_corners=False)[:, 0])
+    torch.testing.assert_close(anomaly_maps(distances, (28, 33)), expected)
 
 
 # ------------------------------------------------------------------------------ the plugin
