@@ -125,7 +125,7 @@ def records_of(future: _Future, task: GroupTask) -> Records:
     """The task's records, or one failed record per cell carrying the reason the task itself failed."""
     try:
         return future.result()
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - whatever ended the task (KilledWorker, a worker's check) is the reason
         return _failed_records(task, exc)
 
 

@@ -11,19 +11,28 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 import yaml
+from anombench_plugins.mvtec import MVTecAD
 from dataset_layouts import make_mvtec_category
 from test_cli import write_suite
 
-from anombench.distributed import Needed, check_plugins, dask_executor, needed_plugins, submit_options
+from anombench.distributed import (
+    Needed,
+    available_cores,
+    check_plugins,
+    dask_executor,
+    needed_plugins,
+    submit_options,
+    worker_specs,
+)
 from anombench.errors import UserError
 from anombench.runner import GroupTask, RunOptions
 from anombench.suite import DatasetSpec, MethodSpec
-from anombench_plugins.mvtec import MVTecAD
 
 distributed = pytest.importorskip("distributed")
 
@@ -60,7 +69,7 @@ def anombench(*args: Any, env: dict[str, str], cwd: Path, **popen: Any) -> Any:
     command = [sys.executable, "-m", "anombench.cli", *map(str, args)]
     if popen:
         return subprocess.Popen(command, cwd=cwd, env=env, **popen)
-    return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+    return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=300, check=False)
 
 
 @pytest.fixture(scope="module")
@@ -188,7 +197,8 @@ def test_a_worker_that_cannot_read_the_dataset_records_its_error_naming_the_path
         "name": "unreadable", "datasets": {"mvtec": {"categories": ["bottle"]}},
         "methods": {"pg": {"plugin": "pixel_gaussian"}}, "metrics": ["pixel_auroc"]}))
     result = anombench("run", suite, "--out", "run", "--quiet", "--device", "cpu", "--data", "mvtec=mvtec_on_client",
-                       "--executor", "dask", "--scheduler", scheduler, env=plugin_env(site, LIGHT_PLUGINS), cwd=tmp_path)
+                       "--executor", "dask", "--scheduler", scheduler, env=plugin_env(site, LIGHT_PLUGINS),
+                       cwd=tmp_path)
     assert result.returncode == 1, result.stderr
     (record,) = records(tmp_path / "run").values()
     monkeypatch.chdir(tmp_path / "mvtec_on_client")  # where the relative root does not exist, as on the workers
@@ -221,3 +231,13 @@ def test_cuda_cells_ask_for_a_gpu_and_workers_without_one_are_refused(registry, 
     assert submit_options(small_task("cpu"))["resources"] is None
     with pytest.raises(UserError, match="no worker of tcp://127.0.0.1:.* advertises a GPU"):
         dask_executor(scheduler, registry)([small_task("cuda")], lambda records: None)
+
+
+def test_a_local_gpu_cluster_has_one_single_task_worker_per_visible_gpu_and_cpu_workers_share_the_cores(monkeypatch):
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2,5")
+    gpu = list(worker_specs("cuda").values())
+    assert [spec["env"]["CUDA_VISIBLE_DEVICES"] for spec in gpu] == ["2", "5"]
+    assert all(spec["resources"] == {"GPU": 1} and spec["nthreads"] == 1 for spec in gpu)
+    cpu = list(worker_specs("cpu").values())
+    assert all(spec["resources"] == {} and spec["nthreads"] == 1 for spec in cpu)
+    assert sum(int(spec["env"]["OMP_NUM_THREADS"]) for spec in cpu) <= max(available_cores(), len(cpu))

@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
+
+from anombench_pixelstats import PixelGaussian
 
 from anombench import hookimpl
 from anombench.api import Batch
-from anombench_pixelstats import PixelGaussian
 
 
 class SlowGaussian(PixelGaussian):
