@@ -7,6 +7,7 @@ code 2; a run in which some cells failed finishes the others and exits 1.
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from pathlib import Path
 from typing import Callable
@@ -199,6 +200,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
     handler: Callable[[argparse.Namespace], int] = args.handler
     try:
         return handler(args)

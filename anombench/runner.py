@@ -87,8 +87,12 @@ def instantiate_dataset(spec: DatasetSpec, registry: Registry) -> Dataset:
 
 
 def _error_text(exc: BaseException) -> str:
-    first = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {first[0] if first else ''}".strip()
+    """One line for the record. An error raised in a DataLoader worker arrives wrapped ("Caught UserError in
+    DataLoader worker process 0. Original Traceback ..."): keep its last line, which names the file."""
+    lines = str(exc).strip().splitlines()
+    if len(lines) > 1 and lines[0].startswith("Caught ") and "DataLoader worker" in lines[0]:
+        return f"{type(exc).__name__}: {lines[-1].split(': ', 1)[-1]}"
+    return f"{type(exc).__name__}: {lines[0] if lines else ''}".strip()
 
 
 @dataclass

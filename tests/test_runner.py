@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from dataset_layouts import make_mvtec_category
 
 from anombench.api import Batch, ComposedFromSharedSteps, Scores
 from anombench.errors import UserError
@@ -152,3 +153,19 @@ def test_resume_skips_finished_cells_and_retries_failed(tmp_path, test_registry)
 def test_unknown_category_is_one_line_before_any_work(tmp_path, test_registry):
     with pytest.raises(UserError, match=r"categories: \['bottle'\] not available; available: stripes, weave"):
         run(suite_doc({"pg": {"plugin": "pixel_gaussian"}}, ["bottle"]), tmp_path / "run", test_registry)
+
+
+def test_unreadable_image_in_a_loader_worker_fails_the_cell_naming_the_file(tmp_path, test_registry):
+    """The MVTec reader raises a one-line UserError inside a DataLoader worker; the record keeps that line."""
+    root = tmp_path / "mvtec"
+    make_mvtec_category(root, "bottle", size=(32, 32), n_train=3, n_good=1, defects={"crack": 1})
+    broken = sorted((root / "bottle" / "train" / "good").glob("*.png"))[0]
+    broken.write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    doc = suite_doc({"pg": {"plugin": "pixel_gaussian"}})
+    doc["datasets"] = {"mvtec": {"params": {"root": str(root), "image_size": 32, "crop_size": 32},
+                                 "categories": ["bottle"]}}
+    doc["run"]["workers"] = 1
+    store = run(doc, tmp_path / "run", test_registry)
+    record = store.records["pg|mvtec|bottle|0"]
+    assert record["status"] == "failed"
+    assert str(broken) in record["error"] and "\n" not in record["error"]
