@@ -21,7 +21,7 @@ Checkpoints: with ``checkpoint_dir`` set, the full training state (weights, Adam
 is written atomically after every epoch to ``vae-<fingerprint>.pt``, where the fingerprint hashes the training
 images and every setting that changes training except ``epochs``. A later fit with the same data and settings
 resumes from it, and resuming gives exactly the run that was interrupted (one suite can fit many categories into
-one directory without clobbering). A checkpoint past the requested ``epochs`` is not used.
+one directory without clobbering). A checkpoint past the requested ``epochs`` is a UserError, never overwritten.
 """
 
 from __future__ import annotations
@@ -171,13 +171,21 @@ class VAE:
         self.epochs, self.progress = epochs, progress
         self.checkpoint_dir = Path(checkpoint_dir).expanduser() if checkpoint_dir is not None else None
         self.device = torch.device(device)
+        self._initialise()
+
+    def _initialise(self) -> None:
+        """The untrained state for ``seed``: weights, Adam, generators, empty history (``fit`` always starts here)."""
+        seed = self.settings["seed"]
         self.generator = torch.Generator().manual_seed(seed)  # augmentation and order
         self.noise = torch.Generator(device=self.device).manual_seed(seed)  # reparameterisation noise
         with torch.random.fork_rng(devices=[]):  # built on the CPU: only the CPU generator is touched, then restored
             torch.random.default_generator.manual_seed(seed)
-            self.model = ConvVAE(latent_channels, list(decoder_channels), weights, seed).to(self.device)
-        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=lr, fused=True)  # one kernel, not one per tensor
-        self.augment = Augmenter(rotation, resize, random_crop, crop, self.generator)
+            self.model = ConvVAE(self.settings["latent_channels"], self.settings["decoder_channels"],
+                                 self.settings["weights"], seed).to(self.device)
+        # fused: one kernel for all parameters instead of a Python loop over them (several times faster on CPU)
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=self.settings["lr"], fused=True)
+        self.augment = Augmenter(self.settings["rotation"], self.settings["resize"], self.settings["random_crop"],
+                                 self.settings["crop"], self.generator)
         self.history: list[float] = []  # mean training loss per epoch
         self.epoch = 0
 
@@ -186,6 +194,7 @@ class VAE:
         images = torch.cat([batch.images.detach().to("cpu", torch.float32) for batch in train])
         if len(images) == 0:
             raise UserError("VAE needs at least 1 training image")
+        self._initialise()
         checkpoint = self._checkpoint_path(images)
         if checkpoint is not None and checkpoint.is_file():
             self._resume(checkpoint)
@@ -238,7 +247,8 @@ class VAE:
             raise UserError(f"VAE checkpoint '{path}' cannot be read ({type(exc).__name__}: {exc}); delete it to "
                             "train from scratch") from exc
         if state["epoch"] > self.epochs:
-            return
+            raise UserError(f"VAE checkpoint '{path}' is at epoch {state['epoch']}, past the requested epochs="
+                            f"{self.epochs}; training again would overwrite it: use another checkpoint_dir or delete it")
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.generator.set_state(state["generator"].cpu())

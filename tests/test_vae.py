@@ -76,6 +76,8 @@ def test_resuming_a_checkpoint_reproduces_the_uninterrupted_run(tmp_path: Path) 
     for (name, a), b in zip(straight.model.state_dict().items(), resumed.model.state_dict().values()):
         assert torch.equal(a, b), name
     assert len(list(tmp_path.glob("vae-*.pt"))) == 1
+    with pytest.raises(UserError, match="past the requested epochs=1"):  # a shorter run must not overwrite it
+        VAE(**SMALL, checkpoint_dir=str(tmp_path), device="cpu", seed=0).fit(iter(train))
 
     other_data = tiny_batches(1, 4, 64, seed=9, anomalous=False)  # another category: its own checkpoint
     VAE(**SMALL, checkpoint_dir=str(tmp_path), device="cpu", seed=0).fit(iter(other_data))
