@@ -243,18 +243,29 @@ class PatchGaussian:
 # ---------------------------------------------------------------------------------------------- embedding
 
 
-def embedding_concat(maps: list[torch.Tensor]) -> torch.Tensor:
-    """Concatenate feature maps on the grid of the largest one, coarser maps upsampled by nearest neighbour."""
-    size = max((m.shape[-2:] for m in maps), key=lambda s: s[0] * s[1])
-    return torch.cat([m if m.shape[-2:] == size else F.interpolate(m, size=tuple(size), mode="nearest")
-                      for m in maps], dim=1)
+def position_major_embedding(maps: list[torch.Tensor]) -> torch.Tensor:
+    """Concatenate (B, c, h, w) maps on the grid of the largest one as a contiguous (H*W, B, C) tensor.
 
-
-def position_major(embedding: torch.Tensor) -> torch.Tensor:
-    """(B, C, H, W) -> (H*W, B, C), contiguous: every position one dense matrix for the batched products (a
-    strided view would leave positions interleaved in memory and make every bmm gather element by element)."""
-    b, c, h, w = embedding.shape
-    return embedding.permute(2, 3, 0, 1).reshape(h * w, b, c).contiguous()
+    Coarser maps are upsampled by nearest neighbour (F.interpolate's rule: source index floor(i * h / H)), which
+    for the integer strides of a CNN is the reference ``embedding_concat``. Each map is written once, straight
+    into the layout where every position is one dense matrix for the batched products.
+    """
+    h_out, w_out = max((tuple(m.shape[-2:]) for m in maps), key=lambda s: s[0] * s[1])
+    batch, dim = maps[0].shape[0], sum(m.shape[1] for m in maps)
+    out = maps[0].new_empty(h_out, w_out, batch, dim)
+    offset = 0
+    for m in maps:
+        _, c, h, w = m.shape
+        source = m.permute(2, 3, 0, 1)  # (h, w, B, c), a view
+        target = out[..., offset:offset + c]
+        if h_out % h == 0 and w_out % w == 0:  # repeat by broadcasting: one pass
+            target.view(h, h_out // h, w, w_out // w, batch, c).copy_(source[:, None, :, None])
+        else:
+            rows = torch.arange(h_out, device=m.device) * h // h_out
+            cols = torch.arange(w_out, device=m.device) * w // w_out
+            target.copy_(source[rows[:, None], cols[None, :]])
+        offset += c
+    return out.view(h_out * w_out, batch, dim)
 
 
 class PadimHead:
@@ -294,7 +305,7 @@ class PadimHead:
             offsets = np.cumsum([0] + [m.shape[1] for m in maps])
             maps = [m.index_select(1, index[(index >= lo) & (index < hi)] - lo)
                     for m, lo, hi in zip(maps, offsets[:-1], offsets[1:])]
-        return position_major(embedding_concat(maps))
+        return position_major_embedding(maps)
 
     def fit_begin(self) -> None:
         self.moments, self.gaussian, self.projection = None, None, None

@@ -20,7 +20,7 @@ from anombench_plugins.padim import (
     StreamingMoments,
     anomaly_maps,
     check_inverse,
-    embedding_concat,
+    position_major_embedding,
     gaussian_blur,
     gaussian_kernel,
     whitening_factor,
@@ -129,7 +129,7 @@ def test_padim_equals_numpy_reference_of_the_paper(reduction, n_features, layers
 # ------------------------------------------------------------------------------ building blocks
 
 
-def test_embedding_concat_equals_the_reference_unfold_formulation():
+def test_embedding_equals_the_reference_unfold_formulation():
     """The reference code places each coarse cell on its s x s block of the fine grid with unfold/fold."""
 
     def unfold_concat(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -143,8 +143,18 @@ def test_embedding_concat_equals_the_reference_unfold_formulation():
 
     g = torch.Generator().manual_seed(0)
     l1, l2, l3 = (torch.randn(2, c, s, s, generator=g) for c, s in ((5, 16), (7, 8), (3, 4)))
-    reference = unfold_concat(unfold_concat(l1, l2), l3)
-    assert torch.equal(embedding_concat([l1, l2, l3]), reference)
+    reference = unfold_concat(unfold_concat(l1, l2), l3)  # (B, C, H, W)
+    expected = reference.permute(2, 3, 0, 1).reshape(16 * 16, 2, 15)
+    got = position_major_embedding([l1, l2, l3])
+    assert got.is_contiguous() and torch.equal(got, expected)
+
+
+def test_embedding_of_non_integer_strides_follows_nearest_interpolation():
+    g = torch.Generator().manual_seed(1)
+    fine, coarse = torch.randn(2, 3, 9, 10, generator=g), torch.randn(2, 4, 4, 3, generator=g)
+    expected = torch.cat([fine, F.interpolate(coarse, size=(9, 10), mode="nearest")], dim=1)
+    torch.testing.assert_close(position_major_embedding([fine, coarse]),
+                               expected.permute(2, 3, 0, 1).reshape(90, 2, 7), rtol=0, atol=0)
 
 
 def test_row_blocks_store_lower_triangles_and_compute_quadratic_forms():

@@ -1,0 +1,59 @@
+"""Helpers shared by the PaDiM benchmarks: the real bottle data through the project's own loader, the model
+configurations the issue names, and peak-RSS measurement in a fresh child process."""
+
+from __future__ import annotations
+
+import json
+import resource
+import subprocess
+import sys
+from pathlib import Path
+from typing import Iterator
+
+import torch
+from torch.utils.data import DataLoader
+
+from anombench.api import Batch, collate
+from anombench_plugins.mvtec import MVTecAD
+
+DATA_ROOT = Path("/work/shared/data/mvtec_ad_256")
+THREADS = 2
+BATCH_SIZE = 32
+
+# name -> PaDiM parameters. No pretrained ResNet weights exist offline: those two use a random init, which costs
+# exactly the same time and memory; EfficientNet-Lite0 uses the real ImageNet weights of the installed package.
+CONFIGS: dict[str, dict] = {
+    "R18-Rd100": dict(backbone="resnet18", weights="none", reduction="random", n_features=100),
+    "WR50-Rd550": dict(backbone="wide_resnet50_2", weights="none", reduction="random", n_features=550),
+    "Lite0-all176": dict(backbone="efficientnet_lite0", weights="imagenet", reduction="none"),
+    "Lite0-Rd100": dict(backbone="efficientnet_lite0", weights="imagenet", reduction="random", n_features=100),
+}
+
+
+def bottle(split: str, batch_size: int = BATCH_SIZE, workers: int = 0) -> DataLoader:
+    """Bottle images decoded from the PNG files on every iteration by the project's MVTec AD loader (resize 256,
+    an identity here, then centre crop 224); ``workers`` > 0 decodes in loader processes, overlapping compute."""
+    dataset = MVTecAD(root=str(DATA_ROOT))
+    data = dataset.train("bottle", 0) if split == "train" else dataset.test("bottle", 0)
+    return DataLoader(data, batch_size=batch_size, shuffle=False, num_workers=workers, collate_fn=collate)
+
+
+def synthetic_batches(n: int, batch_size: int = BATCH_SIZE, size: int = 224) -> Iterator[Batch]:
+    """n random 224x224 images, made batch by batch so that the data itself takes no memory."""
+    g = torch.Generator().manual_seed(0)
+    for start in range(0, n, batch_size):
+        count = min(batch_size, n - start)
+        yield Batch(images=torch.rand(count, 3, size, size, generator=g),
+                    masks=torch.zeros(count, size, size, dtype=torch.uint8),
+                    labels=torch.zeros(count, dtype=torch.int64), ids=[str(start + i) for i in range(count)])
+
+
+def peak_rss_gb() -> float:
+    """Peak resident set size of this process so far (Linux reports ru_maxrss in KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9
+
+
+def run_child(script: str, *args: str) -> dict:
+    """Run ``python script --child args...`` in a fresh process and return the JSON it prints last."""
+    out = subprocess.run([sys.executable, script, "--child", *args], check=True, capture_output=True, text=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
