@@ -35,7 +35,7 @@ from anombench import hookimpl
 from anombench.api import Batch, Scores
 from anombench.errors import UserError
 from anombench_plugins.backbones import FeatureExtractor, FeatureMaps, LayerSpec, backbone_spec, unit_name
-from anombench_plugins.padim import gaussian_blur
+from anombench_plugins.padim import gaussian_matrix
 
 IndexKind = Literal["flat", "ivf", "hnsw"]
 INDEX_KINDS = ("flat", "ivf", "hnsw")
@@ -198,9 +198,13 @@ class SpadeModel:
 
 
 def pixel_map(layer_maps: list[torch.Tensor], size: tuple[int, int], sigma: float) -> torch.Tensor:
-    """Layer distance maps -> each upsampled (bilinear) to ``size`` -> averaged -> Gaussian filter -> (H, W)."""
+    """Layer distance maps -> each upsampled (bilinear) to ``size`` -> averaged -> Gaussian filter -> (H, W).
+
+    The filter is scipy.ndimage.gaussian_filter(sigma, mode="reflect") as two matmuls with PaDiM's filter matrices.
+    """
     up = [F.interpolate(m[None, None], size=size, mode="bilinear", align_corners=False)[0, 0] for m in layer_maps]
-    return gaussian_blur(torch.stack(up).mean(0)[None], sigma=sigma)[0]
+    mean = torch.stack(up).mean(0)
+    return gaussian_matrix(size[0], sigma).to(mean) @ mean @ gaussian_matrix(size[1], sigma).to(mean).T
 
 
 # ---------------------------------------------------------------------------------------------- the plugin
