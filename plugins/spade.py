@@ -86,13 +86,24 @@ class IndexedGallery:
         self.index, self.per_image, self.params = index, per_image, params
 
     def nearest_squared(self, images: np.ndarray, queries: np.ndarray) -> np.ndarray:
+        """Approximate squared distances. A query whose probed lists (IVF) or visited nodes (HNSW) hold no gallery
+        patch gets no answer from faiss (label -1): an anomalous patch far from the gallery, typically. Those
+        queries are searched again exhaustively (every list; ef_search = all vectors) instead of scoring inf."""
         bitmap = gallery_bitmap(images, self.per_image, self.index.ntotal)
         selector = faiss.IDSelectorBitmap(self.index.ntotal, faiss.swig_ptr(bitmap))
+        squared, labels = self.index.search(queries, 1, params=self._search_params(selector, exhaustive=False))
+        missing = labels[:, 0] < 0
+        if missing.any():
+            params = self._search_params(selector, exhaustive=True)
+            squared[missing] = self.index.search(np.ascontiguousarray(queries[missing]), 1, params=params)[0]
+        return squared[:, 0]
+
+    def _search_params(self, selector: faiss.IDSelector, exhaustive: bool) -> faiss.SearchParameters:
         if isinstance(self.index, faiss.IndexHNSW):
-            params = faiss.SearchParametersHNSW(efSearch=self.params["ef_search"], sel=selector)
-        else:
-            params = faiss.SearchParametersIVF(nprobe=self.params["nprobe"], sel=selector)
-        return self.index.search(queries, 1, params=params)[0][:, 0]
+            ef = self.index.ntotal if exhaustive else self.params["ef_search"]
+            return faiss.SearchParametersHNSW(efSearch=ef, sel=selector)
+        nprobe = self.index.nlist if exhaustive else self.params["nprobe"]
+        return faiss.SearchParametersIVF(nprobe=nprobe, sel=selector)
 
     @property
     def nbytes(self) -> int:

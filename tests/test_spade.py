@@ -143,3 +143,17 @@ def test_approximate_recall_against_exact() -> None:
     """Recall@1 within the gallery: IVF probing 1 of 8 lists misses some neighbours; HNSW finds nearly all."""
     assert 0.3 < recall_at_1("ivf", dict(nlist=8, nprobe=1)) < 1.0
     assert recall_at_1("hnsw", dict(ef_search=128)) >= 0.9
+
+
+def test_ivf_answers_queries_whose_probed_lists_hold_no_gallery_patch() -> None:
+    """Gallery = image 0, far from the other images; queries sit among the others, so the one probed list holds
+    no gallery patch and faiss returns nothing: the search must fall back to every list, not report inf."""
+    rng = np.random.default_rng(1)
+    rows = rng.normal(size=(8, 64, 4)).astype(np.float32)
+    rows[0] += 100.0
+    rows = np.ascontiguousarray(rows.reshape(-1, 4))
+    queries = rng.normal(size=(20, 4)).astype(np.float32)
+    gallery = np.array([0])
+    approx = build_gallery(rows, 64, "ivf", APPROXIMATE | dict(nlist=2, nprobe=1), seed=0)
+    assert np.allclose(approx.nearest_squared(gallery, queries), ExactGallery(rows, 64).nearest_squared(gallery, queries),
+                       rtol=1e-5)
