@@ -29,7 +29,7 @@ def _parse_data_roots(items: list[str]) -> dict[str, str]:
         if "=" not in item:
             raise UserError(f"--data {item!r}: expected NAME=PATH, e.g. --data mvtec=/data/mvtec_ad")
         name, path = item.split("=", 1)
-        roots[name.strip()] = path
+        roots[name.strip()] = str(Path(path).expanduser().resolve())  # workers elsewhere need no cwd of ours
     return roots
 
 
@@ -45,7 +45,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.resume and not args.out:
         raise UserError("--resume needs --out RUN_DIR (the run to continue)")
     out = Path(args.out) if args.out else default_run_dir(suite)
-    options = RunOptions(device=resolve_device(args.device), threads=args.threads, show_progress=not args.quiet)
+    # On Dask the GPUs are the workers', not the client's: only a local run needs CUDA here.
+    device = args.device if args.executor == "dask" and args.device.startswith("cuda") else resolve_device(args.device)
+    options = RunOptions(device=device, threads=args.threads, show_progress=not args.quiet)
     executor = None
     if args.executor == "dask":
         from anombench.distributed import dask_executor
@@ -198,9 +200,21 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _show_our_logs() -> None:
+    """INFO lines of anombench and its plugins (extracting..., skipped...) reach stderr; other libraries' INFO
+    chatter (faiss announcing its CPU features) does not."""
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    for name in ("anombench", "anombench_plugins"):
+        logger = logging.getLogger(name)
+        if not logger.handlers:
+            logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    _show_our_logs()
     handler: Callable[[argparse.Namespace], int] = args.handler
     try:
         return handler(args)

@@ -44,7 +44,7 @@ import torch
 from anombench.errors import UserError
 from anombench.plugins import Kind, Registry
 from anombench.plugins import registry as default_registry
-from anombench.runner import Executor, GroupTask, _failed_records, execute_group
+from anombench.runner import Executor, GroupTask, failed_records, execute_group
 
 if TYPE_CHECKING:
     from distributed import Client, SpecCluster
@@ -126,7 +126,7 @@ def records_of(future: _Future, task: GroupTask) -> Records:
     try:
         return future.result()
     except Exception as exc:  # noqa: BLE001 - whatever ended the task (KilledWorker, a worker's check) is the reason
-        return _failed_records(task, exc)
+        return failed_records(task, exc)
 
 
 def stream(futures: dict[Any, GroupTask], completed: Iterator[Any], on_records: OnRecords) -> None:

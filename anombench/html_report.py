@@ -22,8 +22,8 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import yaml  # noqa: E402
 
-from anombench.report import failed_cells, overrides_notice, provenance_markdown  # noqa: E402
-from anombench.results import RunStore, load_cells  # noqa: E402
+from anombench.report import failed_cells, in_suite_order, overrides_notice, provenance_markdown  # noqa: E402
+from anombench.results import RunStore, load_cells, load_provenance  # noqa: E402
 from anombench.suite import table_of  # noqa: E402
 from anombench.tables import long_table, wide_table  # noqa: E402
 
@@ -141,7 +141,7 @@ def render_html(run_dir: str | Path) -> str:
     run_dir = Path(run_dir)
     doc = yaml.safe_load((run_dir / "suite.yaml").read_text())
     spec, reference = table_of(doc, str(run_dir / "suite.yaml"))
-    cells = load_cells(run_dir)
+    cells = in_suite_order(load_cells(run_dir), load_provenance(run_dir).get("grid") or [])
     wide = wide_table(long_table(cells, spec, reference), spec)
     failed = failed_cells(cells)
     parts = [f"<h1>{html.escape(str(doc.get('name', run_dir.name)))}</h1>",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pandas as pd
 import yaml
 
 from anombench.results import load_cells, load_provenance, write_atomic
@@ -16,12 +17,20 @@ def failed_cells(cells) -> list[str]:
     return [f"{row.cell} ({row.error})" for row in failed.itertuples()]
 
 
+def in_suite_order(cells: pd.DataFrame, grid: list[str]) -> pd.DataFrame:
+    """Cells in the suite's order (methods as listed, categories as the dataset lists them), not in the order
+    they finished, so a local, a process-pool and a Dask run render the same table."""
+    position = {cell: index for index, cell in enumerate(grid)}
+    return cells.assign(_order=cells["cell"].map(position).fillna(len(position))).sort_values(
+        "_order", kind="stable").drop(columns="_order")
+
+
 def tables_markdown(run_dir: str | Path) -> tuple[str, object]:
     """The run's table in markdown and its long frame (numbers in display units)."""
     run_dir = Path(run_dir)
     doc = yaml.safe_load((run_dir / "suite.yaml").read_text())
     spec, reference = table_of(doc, str(run_dir / "suite.yaml"))
-    cells = load_cells(run_dir)
+    cells = in_suite_order(load_cells(run_dir), load_provenance(run_dir).get("grid") or [])
     long = long_table(cells, spec, reference)
     return render_markdown(long, spec, reference, failed_cells(cells)), long
 

@@ -234,7 +234,7 @@ def _resources(member: Member, memory: PeakMemory, n_train: int, n_test: int, sh
     )
 
 
-def _failed_records(task: GroupTask, exc: BaseException) -> list[dict[str, Any]]:
+def failed_records(task: GroupTask, exc: BaseException) -> list[dict[str, Any]]:
     """Every cell of the task failed with the same error (the dataset, not a method, went wrong)."""
     error, trace = _error_text(exc), traceback.format_exc()
     failed = [Member(spec, None, {}, error=error, trace=trace) for spec in task.methods]  # type: ignore[arg-type]
@@ -271,7 +271,7 @@ def execute_group(task: GroupTask, registry: Registry | None = None) -> list[dic
             elif alive:
                 _guard(alive[0], lambda: _run_alone(alive[0], train, test, task.category, task.options))
     except Exception as exc:
-        return _failed_records(task, exc)
+        return failed_records(task, exc)
     peers = [m.spec.name for m in members]
     resources = [_resources(m, memory, len(train_split), len(test_split), shared_infer) for m in members]
     records = [_record(task, m, r, peers) for m, r in zip(members, resources)]
@@ -280,10 +280,8 @@ def execute_group(task: GroupTask, registry: Registry | None = None) -> list[dic
     return records
 
 
-def plan(suite: Suite, registry: Registry, device: str, skip: set[str], options: RunOptions) -> list[GroupTask]:
-    """Group the suite's cells into tasks: per (dataset, category, seed), methods that report the same
-    ``feature_key`` go together; the others run alone. Cells in ``skip`` (finished) are left out."""
-    datasets = {spec.alias: instantiate_dataset(spec, registry) for spec in suite.datasets}
+def resolve_categories(suite: Suite, datasets: dict[str, Dataset]) -> dict[str, list[str]]:
+    """Each dataset's categories to run: the suite's list, checked against what is on disk, or all of them."""
     categories_of = {}
     for spec in suite.datasets:
         available = datasets[spec.alias].categories()
@@ -293,18 +291,35 @@ def plan(suite: Suite, registry: Registry, device: str, skip: set[str], options:
             raise UserError(f"{suite.path}: datasets.{spec.alias}.categories: {missing} not available; "
                             f"available: {', '.join(available) or 'none'}")
         categories_of[spec.alias] = chosen
-    keys = _feature_keys(suite, registry, device)
+    return categories_of
+
+
+@dataclass(frozen=True)
+class Plan:
+    tasks: list[GroupTask]
+    grid: list[str]  # every cell id of the suite in suite order, finished or not (tables are ordered by it)
+
+
+def plan(suite: Suite, registry: Registry, skip: set[str], options: RunOptions) -> Plan:
+    """Group the suite's cells into tasks: per (dataset, category, seed), methods that report the same
+    ``feature_key`` go together; the others run alone. Cells in ``skip`` (finished) are left out.
+
+    Feature keys are asked of methods built on the CPU, so a client without the run's GPU (a Dask client) still
+    groups the cells that share an extraction."""
+    datasets = {spec.alias: instantiate_dataset(spec, registry) for spec in suite.datasets}
+    cells = expand(suite, resolve_categories(suite, datasets))
+    keys = _feature_keys(suite, registry, "cpu")
     tasks = []
     by_alias = {spec.alias: spec for spec in suite.datasets}
     methods_by_name = {m.name: m for m in suite.methods}
-    for key, cells in _grouped_cells(expand(suite, categories_of), skip, keys):
-        first = cells[0]
+    for _, group in _grouped_cells(cells, skip, keys):
+        first = group[0]
         tasks.append(GroupTask(
             dataset=by_alias[first.dataset], category=first.category,
             group=datasets[first.dataset].group(first.category), seed=first.seed,
-            methods=tuple(methods_by_name[c.method] for c in cells), metrics=suite.metrics,
+            methods=tuple(methods_by_name[c.method] for c in group), metrics=suite.metrics,
             batch_size=suite.batch_size, workers=suite.workers, options=options))
-    return tasks
+    return Plan(tasks, [cell.id for cell in cells])
 
 
 def _feature_keys(suite: Suite, registry: Registry, device: str) -> dict[str, str | None]:
@@ -407,10 +422,10 @@ def run_suite(suite: Suite, out: Path, options: RunOptions, resume: bool = False
     store = RunStore(out)
     if options.threads:
         torch.set_num_threads(options.threads)
-    tasks = plan(suite, registry, options.device, store.finished() if resume else set(), options)
-    write_json(out / "run.json", provenance(suite, options, registry))
+    planned = plan(suite, registry, store.finished() if resume else set(), options)
+    write_json(out / "run.json", provenance(suite, options, registry) | {"grid": planned.grid})
     write_atomic(out / "suite.yaml", yaml.safe_dump(suite.source, sort_keys=False))
-    total = sum(len(t.methods) for t in tasks)
+    total = sum(len(t.methods) for t in planned.tasks)
     bar = tqdm(total=total, desc=suite.name, unit="cell", disable=not options.show_progress)
 
     def on_records(records: list[dict[str, Any]]) -> None:
@@ -422,6 +437,6 @@ def run_suite(suite: Suite, out: Path, options: RunOptions, resume: bool = False
         if on_change is not None:
             on_change(store)
 
-    (executor or local_executor(registry))(tasks, on_records)
+    (executor or local_executor(registry))(planned.tasks, on_records)
     bar.close()
     return store
