@@ -18,9 +18,10 @@ import time
 import numpy as np
 import torch
 
-from bench_padim_common import CONFIGS, THREADS, bottle, peak_rss_gb, run_child, synthetic_batches
 from anombench_plugins.metrics import auroc
 from anombench_plugins.padim import PaDiM, anomaly_maps
+
+from bench_padim_common import CONFIGS, THREADS, bottle, peak_rss_gb, run_child, synthetic_batches
 
 RSS_CONFIGS = ("R18-Rd100", "Lite0-all176")
 STORAGE_CONFIGS = ("Lite0-all176", "WR50-Rd550")

@@ -14,9 +14,10 @@ import time
 import numpy as np
 import torch
 
-from bench_padim_common import CONFIGS, THREADS, bottle
 from anombench_plugins.metrics import auroc, pro_score
 from anombench_plugins.padim import PaDiM
+
+from bench_padim_common import CONFIGS, THREADS, bottle
 
 REFERENCES = [
     ("anomalib 2.7 PaDiM, tf_efficientnet_lite0, 176 ch, bilinear", 1.000, 0.982, 0.924),

@@ -26,9 +26,10 @@ from __future__ import annotations
 
 import importlib.util
 import socket
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Literal, Mapping
+from typing import Literal
 
 import timm
 import torch
@@ -200,7 +201,7 @@ def _download(spec: Backbone) -> Path | None:
         hub_cache_file(spec).parent.mkdir(parents=True, exist_ok=True)
         torch.hub.download_url_to_file(spec.url, str(hub_cache_file(spec)), progress=False)
         return hub_cache_file(spec)
-    if spec.hf_repo is not None and _network_reachable("huggingface.co"):
+    if spec.hf_repo is not None and importlib.util.find_spec("huggingface_hub") and _network_reachable("huggingface.co"):
         from huggingface_hub import hf_hub_download
 
         return Path(hf_hub_download(spec.hf_repo, "model.safetensors"))

@@ -6,11 +6,11 @@ import inspect
 
 import numpy as np
 import pytest
-import torch
 
 from anombench.plugins import registry
 from anombench_plugins.ensemble import PaDiMLayerEnsemble
 from anombench_plugins.padim import PaDiM
+
 from test_padim import make_batch, random_images
 
 TRAIN = [random_images(5, 32, 32), random_images(4, 32, 32, seed=2)]
@@ -56,5 +56,5 @@ def test_one_extraction_feeds_every_head(tmp_path):
 
 def test_registered_with_an_annotated_signature():
     assert registry().get("method", "padim_layer_ensemble").factory is PaDiMLayerEnsemble
-    for name, parameter in inspect.signature(PaDiMLayerEnsemble).parameters.items():
+    for parameter in inspect.signature(PaDiMLayerEnsemble).parameters.values():
         assert parameter.annotation is not inspect.Parameter.empty and parameter.default is not inspect.Parameter.empty

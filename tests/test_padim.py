@@ -20,9 +20,9 @@ from anombench_plugins.padim import (
     StreamingMoments,
     anomaly_maps,
     check_inverse,
-    position_major_embedding,
     gaussian_blur,
     gaussian_kernel,
+    position_major_embedding,
     whitening_factor,
 )
 
@@ -85,7 +85,7 @@ def np_padim_maps(train_features: list[dict], test_features: dict, layers: list[
 
     train = np.concatenate([embed(f) for f in train_features])  # (N, C, H, W)
     test = embed(test_features)
-    n, c, h, w = train.shape
+    c, h, w = train.shape[1:]
     if pca_k is not None:
         pooled = train.transpose(0, 2, 3, 1).reshape(-1, c)
         values, vectors = np.linalg.eigh(np.cov(pooled, rowvar=False))
@@ -134,7 +134,7 @@ def test_embedding_equals_the_reference_unfold_formulation():
 
     def unfold_concat(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         b, c1, h1, w1 = x.shape
-        _, c2, h2, w2 = y.shape
+        h2, w2 = y.shape[-2:]
         s = h1 // h2
         x = F.unfold(x, kernel_size=s, stride=s).view(b, c1, -1, h2, w2)
         z = torch.cat([torch.cat([x[:, :, i], y], dim=1)[:, :, None] for i in range(x.size(2))], dim=2)
