@@ -52,7 +52,7 @@ GAUSSIAN_TRUNCATE = 4.0  # scipy.ndimage's default: radius int(4 * sigma + 0.5)
 PAPER_N_FEATURES = {"resnet18": 100, "wide_resnet50_2": 550}  # Rd-100 and Rd-550; other backbones keep all
 INVERSE_CHECK_POSITIONS = 8
 INVERSE_CHECK_TOLERANCE = 1e-4  # relative Frobenius error of W^T W against numpy's float64 inverse
-CHUNK_BYTES = 64e6  # size of the dense float64 temporaries in fit_end
+CHUNK_BYTES = 16e6  # one dense float64 temporary in fit_end; about eight are alive at once
 MEMORY_FRACTION = 0.8  # of the available RAM the float64 fit statistics may take
 
 
@@ -148,10 +148,9 @@ class StreamingMoments:
 
     def update(self, x: torch.Tensor) -> None:
         """Add vectors x of shape (positions, n, dim)."""
-        x = x.to(torch.float64)
         if self.count == 0:
-            self.shift = x.mean(1)
-        centred = x - self.shift[:, None, :]
+            self.shift = x.mean(1, dtype=torch.float64)
+        centred = x - self.shift[:, None, :]  # promoted to float64 in the subtraction: one temporary
         self.total += centred.sum(1)
         self.scatter.add_gram(centred)
         self.count += x.shape[1]
