@@ -21,8 +21,8 @@ from bench_padim_common import CONFIGS, THREADS, bottle
 
 REFERENCES = [
     ("anomalib 2.7 PaDiM, tf_efficientnet_lite0, 176 ch, bilinear", 1.000, 0.982, 0.924),
-    ("paper PaDiM-R18-Rd100 (Table III)", float("nan"), 0.981, 0.939),
-    ("paper PaDiM-WR50-Rd550 (Table III)", float("nan"), 0.983, 0.948),
+    ("paper PaDiM-R18-Rd100 (Table III; no image AUROC per class)", None, 0.981, 0.939),
+    ("paper PaDiM-WR50-Rd550 (Table III)", None, 0.983, 0.948),
 ]
 
 
@@ -50,7 +50,8 @@ def main(names: list[str]) -> None:
         label = f"ours {name} ({time.perf_counter() - start:.0f} s fit+test)"
         print(f"{label:<62}{image:>12.4f}{pixel:>12.4f}{pro:>8.4f}", flush=True)
     for label, image, pixel, pro in REFERENCES:
-        print(f"{label:<62}{image:>12.3f}{pixel:>12.3f}{pro:>8.3f}")
+        image_text = "-" if image is None else f"{image:.3f}"
+        print(f"{label:<62}{image_text:>12}{pixel:>12.3f}{pro:>8.3f}")
 
 
 if __name__ == "__main__":
