@@ -9,6 +9,7 @@ instantiated), and the category lists come from the plugins' own constants.
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -188,3 +189,18 @@ def test_a_suite_without_its_data_says_in_one_line_what_to_download(without_data
 def test_a_suite_without_its_data_prints_nothing_but_that_line(without_data):
     _, result = without_data
     assert result.stderr.strip().splitlines() == error_lines(result)
+
+
+def script_overrides(script: Path) -> list[str]:
+    """The ``--set "KEY=VALUE"`` arguments of a shell script, its ``NAME=${NAME:-default}`` variables expanded."""
+    text = script.read_text()
+    variables = dict(re.findall(r"^([A-Z_]+)=(?:\$\{\1:-)?([^}\s]+)\}?$", text, re.MULTILINE))
+    return [re.sub(r"\$(\w+)", lambda m: variables[m.group(1)], item) for item in re.findall(r'--set "([^"]+)"', text)]
+
+
+def test_the_bottle_script_substitutes_lite0_for_every_resnet_by_overrides_that_validate(registry, tmp_path):
+    overrides = script_overrides(REPO / "benchmarks" / "table3_bottle.sh")
+    suite = load_suite(SUITES / "table3.yaml", registry, overrides, {"mvtec": str(tmp_path)})
+    assert [spec.categories for spec in suite.datasets] == [["bottle"]]
+    backbones = {m.name: m.params.get("backbone") for m in suite.methods if m.plugin != "vae"}
+    assert set(backbones.values()) == {"efficientnet_lite0"}, backbones
