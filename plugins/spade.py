@@ -24,7 +24,7 @@ images one by one.
 from __future__ import annotations
 
 import math
-from typing import Iterable, Literal
+from typing import Literal
 
 import faiss
 import numpy as np
@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 
 from anombench import hookimpl
-from anombench.api import Batch, Scores
+from anombench.api import Batch, ComposedFromSharedSteps, Scores
 from anombench.errors import UserError
 from anombench_plugins.backbones import FeatureExtractor, FeatureMaps, LayerSpec, backbone_spec, unit_name
 from anombench_plugins.padim import gaussian_matrix
@@ -221,7 +221,7 @@ def pixel_map(layer_maps: list[torch.Tensor], size: tuple[int, int], sigma: floa
 # ---------------------------------------------------------------------------------------------- the plugin
 
 
-class SPADE:
+class SPADE(ComposedFromSharedSteps):
     """SPADE as an anombench method (see the module docstring).
 
     ``layers``: the patch layers (None = the backbone's defaults, layer1..3 for ResNets); ``pooled_layer``: the
@@ -250,7 +250,7 @@ class SPADE:
         self.bank: FeatureBank | None = None
         self.model: SpadeModel | None = None
 
-    # SharesFeatures: fit and score_maps below are exactly these steps composed.
+    # SharesFeatures (fit and score_maps are these steps composed, by ComposedFromSharedSteps)
     def feature_key(self) -> str:
         return self.extractor.key()
 
@@ -283,16 +283,6 @@ class SPADE:
             maps.append(pixel_map(self.model.layer_distances(one, neighbours), size, self.sigma))
         return Scores(maps=torch.stack(maps).to(torch.float32).numpy(),
                       image_scores=np.asarray(image_scores, dtype=np.float32))
-
-    # Method
-    def fit(self, train: Iterable[Batch]) -> None:
-        self.fit_begin()
-        for batch in train:
-            self.fit_step(self.extract(batch.images))
-        self.fit_end()
-
-    def score_maps(self, batch: Batch) -> Scores:
-        return self.score_features(self.extract(batch.images), batch)
 
     # ModelSize: every training patch is kept, so this grows linearly with the training set.
     def model_bytes(self) -> int:
