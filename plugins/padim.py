@@ -52,6 +52,7 @@ GAUSSIAN_TRUNCATE = 4.0  # scipy.ndimage's default: radius int(4 * sigma + 0.5)
 PAPER_N_FEATURES = {"resnet18": 100, "wide_resnet50_2": 550}  # Rd-100 and Rd-550; other backbones keep all
 INVERSE_CHECK_POSITIONS = 8
 INVERSE_CHECK_TOLERANCE = 1e-4  # relative Frobenius error of W^T W against numpy's float64 inverse
+POSITION_GROUPS = 8
 CHUNK_BYTES = 16e6  # one dense float64 temporary in fit_end; about eight are alive at once
 MEMORY_FRACTION = 0.8  # of the available RAM the float64 fit statistics may take
 
@@ -119,6 +120,14 @@ class LowerRowBlocks:
         return total
 
 
+def position_groups(positions: int) -> list[slice]:
+    """POSITION_GROUPS nearly equal slices of the positions: the unit in which statistics and factors are stored,
+    so fit_end can free a group's float64 statistics as soon as its factors exist (and fit_step's float64
+    temporaries are a group's, not the whole grid's)."""
+    bounds = np.linspace(0, positions, min(POSITION_GROUPS, positions) + 1).round().astype(int)
+    return [slice(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:])]
+
+
 def position_chunks(positions: int, dim: int) -> Iterable[slice]:
     """Slices of positions whose dense float64 D x D temporaries stay near CHUNK_BYTES."""
     step = max(1, int(CHUNK_BYTES // (dim * dim * 8)))
@@ -133,13 +142,15 @@ def symmetric_from_lower(lower: torch.Tensor) -> torch.Tensor:
 
 
 class StreamingMoments:
-    """Per-position count, mean and scatter of vectors seen batch by batch, in float64."""
+    """Per-position count, mean and scatter of vectors seen batch by batch, in float64, by position group."""
 
     def __init__(self, positions: int, dim: int, device: torch.device | str) -> None:
         self.positions, self.dim, self.count = positions, dim, 0
+        self.groups = position_groups(positions)
         self.shift = torch.zeros(positions, dim, dtype=torch.float64, device=device)
         self.total = torch.zeros_like(self.shift)
-        self.scatter = LowerRowBlocks.zeros(positions, dim, torch.float64, device)
+        self.scatter: list[LowerRowBlocks | None] = [
+            LowerRowBlocks.zeros(g.stop - g.start, dim, torch.float64, device) for g in self.groups]
 
     @staticmethod
     def nbytes_for(positions: int, dim: int) -> int:
@@ -150,21 +161,29 @@ class StreamingMoments:
         """Add vectors x of shape (positions, n, dim)."""
         if self.count == 0:
             self.shift = x.mean(1, dtype=torch.float64)
-        centred = x - self.shift[:, None, :]  # promoted to float64 in the subtraction: one temporary
-        self.total += centred.sum(1)
-        self.scatter.add_gram(centred)
+        for group, scatter in zip(self.groups, self.scatter):
+            centred = x[group] - self.shift[group, None, :]  # promoted to float64 by the subtraction
+            self.total[group] += centred.sum(1)
+            scatter.add_gram(centred)
         self.count += x.shape[1]
 
     def mean(self) -> torch.Tensor:
         return self.shift + self.total / self.count
 
-    def covariance(self, positions: slice) -> torch.Tensor:
-        """Unbiased covariance (p, dim, dim) of ``positions``, float64."""
+    def covariance(self, group: int, positions: slice) -> torch.Tensor:
+        """Unbiased covariance (p, dim, dim), float64, of ``positions`` counted within position group ``group``."""
         if self.count < 2:
             raise UserError(f"PaDiM needs at least 2 training images to estimate a covariance, got {self.count}")
-        s = self.total[positions]
-        scatter = symmetric_from_lower(self.scatter.dense(positions))
+        s = self.total[self.groups[group]][positions]
+        scatter = symmetric_from_lower(self.scatter[group].dense(positions))
         return (scatter - s[:, :, None] * s[:, None, :] / self.count) / (self.count - 1)
+
+    def chunks(self, dim: int) -> Iterable[tuple[int, slice]]:
+        """(group, positions within it) covering every position, sized for dim x dim float64 temporaries."""
+        return ((i, chunk) for i, g in enumerate(self.groups) for chunk in position_chunks(g.stop - g.start, dim))
+
+    def release(self, group: int) -> None:
+        self.scatter[group] = None
 
     def pooled_covariance(self) -> torch.Tensor:
         """Covariance of all training vectors of all positions together (dim, dim): the PCA target.
@@ -173,7 +192,7 @@ class StreamingMoments:
         """
         means = self.mean()
         spread = means - means.mean(0)
-        within = sum(self.covariance(chunk).sum(0) for chunk in position_chunks(self.positions, self.dim))
+        within = sum(self.covariance(group, chunk).sum(0) for group, chunk in self.chunks(self.dim))
         scatter = (self.count - 1) * within + self.count * spread.T @ spread
         return scatter / (self.count * self.positions - 1)
 
@@ -200,44 +219,54 @@ def check_inverse(covariances: np.ndarray, factors: np.ndarray, positions: list[
 
 
 class PatchGaussian:
-    """The fitted model: per-position mean (P, D) and whitening factor W (lower, row blocks), both float32."""
+    """The fitted model: per-position mean (P, D) and whitening factors W (lower, row blocks, one LowerRowBlocks per
+    position group), all float32."""
 
-    def __init__(self, mean: torch.Tensor, whitener: LowerRowBlocks) -> None:
+    def __init__(self, mean: torch.Tensor, whiteners: list[LowerRowBlocks]) -> None:
         self.mean = mean
-        self.whitener = whitener
+        self.whiteners = whiteners
+        self.groups = position_groups(mean.shape[0])
 
     @classmethod
     def from_moments(cls, moments: StreamingMoments, eps: float,
                      projection: torch.Tensor | None = None) -> PatchGaussian:
-        """Sigma_p + eps I (optionally projected: V^T Sigma_p V + eps I) -> factor, with the inverse self-check."""
+        """Sigma_p + eps I (optionally projected: V^T Sigma_p V + eps I) -> factor, with the inverse self-check.
+
+        Consumes ``moments``: each group's float64 statistics are released once its factors are stored.
+        """
         mean = moments.mean()
         v = projection.to(torch.float64) if projection is not None else None
         if v is not None:
             mean = mean @ v
         dim = mean.shape[1]
-        whitener = LowerRowBlocks.zeros(moments.positions, dim, torch.float32, mean.device)
+        whiteners = [LowerRowBlocks.zeros(g.stop - g.start, dim, torch.float32, mean.device) for g in moments.groups]
         eye = torch.eye(dim, dtype=torch.float64, device=mean.device)
-        checked = np.linspace(0, moments.positions - 1, INVERSE_CHECK_POSITIONS).round().astype(int).tolist()
-        for chunk in position_chunks(moments.positions, max(dim, moments.dim)):
-            cov = moments.covariance(chunk)
+        checked = set(np.linspace(0, moments.positions - 1, INVERSE_CHECK_POSITIONS).round().astype(int).tolist())
+        for group, chunk in moments.chunks(max(dim, moments.dim)):
+            cov = moments.covariance(group, chunk)
             if v is not None:
                 cov = v.T @ cov @ v
             cov = cov + eps * eye
-            whitener.set_dense(chunk, whitening_factor(cov))
-            mine = [p for p in checked if chunk.start <= p < chunk.stop]
+            whiteners[group].set_dense(chunk, whitening_factor(cov))
+            first = moments.groups[group].start + chunk.start
+            mine = [p for p in range(first, first + chunk.stop - chunk.start) if p in checked]
             if mine:
-                local = [p - chunk.start for p in mine]
-                stored = whitener.dense(slice(chunk.start, chunk.stop))[local]
+                local = [p - first for p in mine]
+                stored = whiteners[group].dense(chunk)[local]
                 check_inverse(cov[local].cpu().numpy(), stored.double().cpu().numpy(), mine)
-        return cls(mean.to(torch.float32), whitener)
+            if chunk.stop == moments.groups[group].stop - moments.groups[group].start:
+                moments.release(group)
+        return cls(mean.to(torch.float32), whiteners)
 
     @property
     def nbytes(self) -> int:
-        return self.mean.numel() * self.mean.element_size() + self.whitener.nbytes
+        return self.mean.numel() * self.mean.element_size() + sum(w.nbytes for w in self.whiteners)
 
     def mahalanobis(self, x: torch.Tensor) -> torch.Tensor:
         """Distances (positions, n) of vectors x (positions, n, D), all positions at once."""
-        return self.whitener.squared_norms(x - self.mean[:, None, :]).clamp_min_(0).sqrt_()
+        d = x - self.mean[:, None, :]
+        squared = torch.cat([w.squared_norms(d[g]) for g, w in zip(self.groups, self.whiteners)])
+        return squared.clamp_min_(0).sqrt_()
 
 
 # ---------------------------------------------------------------------------------------------- embedding
@@ -354,7 +383,8 @@ class PadimHead:
         if self.gaussian is None:
             raise RuntimeError("PaDiM: save before fit")
         state = {f"{prefix}mean": self.gaussian.mean, f"{prefix}generator_state": self.generator.get_state()}
-        state |= {f"{prefix}whitener.{k}": b for k, b in enumerate(self.gaussian.whitener.blocks)}
+        state |= {f"{prefix}whitener.{g}.{k}": b for g, w in enumerate(self.gaussian.whiteners)
+                  for k, b in enumerate(w.blocks)}
         if self.index is not None:
             state[f"{prefix}index"] = self.index
         if self.projection is not None:
@@ -362,9 +392,12 @@ class PadimHead:
         return {k: v.contiguous().cpu() for k, v in state.items()}
 
     def load_state(self, state: dict[str, torch.Tensor], prefix: str, device: torch.device) -> None:
-        count = sum(1 for key in state if key.startswith(f"{prefix}whitener."))
-        blocks = [state[f"{prefix}whitener.{k}"].to(device) for k in range(count)]
-        self.gaussian = PatchGaussian(state[f"{prefix}mean"].to(device), LowerRowBlocks(blocks))
+        mean = state[f"{prefix}mean"].to(device)
+        whiteners = []
+        for g in range(len(position_groups(mean.shape[0]))):
+            count = sum(1 for key in state if key.startswith(f"{prefix}whitener.{g}."))
+            whiteners.append(LowerRowBlocks([state[f"{prefix}whitener.{g}.{k}"].to(device) for k in range(count)]))
+        self.gaussian = PatchGaussian(mean, whiteners)
         self.generator.set_state(state[f"{prefix}generator_state"])
         self.index = state.get(f"{prefix}index", self.index)
         self.projection = state[f"{prefix}projection"].to(device) if f"{prefix}projection" in state else None

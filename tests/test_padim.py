@@ -171,14 +171,15 @@ def test_row_blocks_store_lower_triangles_and_compute_quadratic_forms():
 
 def test_streaming_moments_match_numpy_whatever_the_batching():
     """Features far from zero with small spread: the one-pass formula must not cancel."""
-    x = 1e4 + RNG.normal(size=(50, 3, 6)) * RNG.uniform(0.01, 2, size=6)
-    moments = StreamingMoments(positions=3, dim=6, device="cpu")
+    x = 1e4 + RNG.normal(size=(50, 11, 6)) * RNG.uniform(0.01, 2, size=6)
+    moments = StreamingMoments(positions=11, dim=6, device="cpu")
     for part in np.split(x, [1, 2, 20, 33]):  # a first batch of one image too
         moments.update(torch.from_numpy(part).permute(1, 0, 2))
-    for p in range(3):
+    covariances = torch.cat([moments.covariance(group, chunk) for group, chunk in moments.chunks(6)]).numpy()
+    assert len(moments.groups) == 8 and covariances.shape == (11, 6, 6)
+    for p in range(11):
         np.testing.assert_allclose(moments.mean()[p].numpy(), x[:, p].mean(0), rtol=1e-12)
-        np.testing.assert_allclose(moments.covariance(slice(p, p + 1))[0].numpy(), np.cov(x[:, p], rowvar=False),
-                                   rtol=1e-9, atol=1e-12)
+        np.testing.assert_allclose(covariances[p], np.cov(x[:, p], rowvar=False), rtol=1e-9, atol=1e-12)
     np.testing.assert_allclose(moments.pooled_covariance().numpy(), np.cov(x.reshape(-1, 6), rowvar=False),
                                rtol=1e-9, atol=1e-12)
 
