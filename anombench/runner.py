@@ -8,6 +8,7 @@ runs in-process, in a process pool or on a Dask worker; the caller alone writes 
 from __future__ import annotations
 
 import json
+import multiprocessing
 import os
 import platform
 import subprocess
@@ -69,7 +70,10 @@ def resolve_device(choice: str) -> str:
 
 
 def make_loader(split: Any, task: GroupTask) -> DataLoader:
-    return DataLoader(split, batch_size=task.batch_size, shuffle=False, num_workers=task.workers, collate_fn=collate,
+    """Batches of a split, decoded in ``task.workers`` processes. Inside a daemonic process (a Dask worker, a
+    process-pool worker) children are not allowed, so loading happens in-process there."""
+    workers = 0 if multiprocessing.current_process().daemon else task.workers
+    return DataLoader(split, batch_size=task.batch_size, shuffle=False, num_workers=workers, collate_fn=collate,
                       pin_memory=task.options.device.startswith("cuda"))
 
 

@@ -189,23 +189,33 @@ def test_a_killed_worker_is_retried_then_its_cell_fails_with_the_reason_and_resu
         assert after[cell]["finished_at"] == before[cell]["finished_at"], f"{cell} was recomputed"
 
 
-def test_a_worker_that_cannot_read_the_dataset_records_its_error_naming_the_path(site, scheduler, tmp_path,
-                                                                                 monkeypatch):
-    make_mvtec_category(tmp_path / "mvtec_on_client", "bottle")
-    suite = tmp_path / "suite.yaml"
-    suite.write_text(yaml.safe_dump({
-        "name": "unreadable", "datasets": {"mvtec": {"categories": ["bottle"]}},
-        "methods": {"pg": {"plugin": "pixel_gaussian"}}, "metrics": ["pixel_auroc"]}))
-    result = anombench("run", suite, "--out", "run", "--quiet", "--device", "cpu", "--data", "mvtec=mvtec_on_client",
-                       "--executor", "dask", "--scheduler", scheduler, env=plugin_env(site, LIGHT_PLUGINS),
-                       cwd=tmp_path)
-    assert result.returncode == 1, result.stderr
-    (record,) = records(tmp_path / "run").values()
-    monkeypatch.chdir(tmp_path / "mvtec_on_client")  # where the relative root does not exist, as on the workers
+def test_a_worker_that_cannot_read_the_dataset_records_its_error_naming_the_path(registry, scheduler, tmp_path):
+    """The client saw the data when planning; the worker's copy is missing: the cell fails with the dataset's
+    own one-line error, which names the path, and with the worker's address."""
+    missing = tmp_path / "not_on_this_worker"
+    task = GroupTask(dataset=DatasetSpec("mvtec", "mvtec", {"root": str(missing)}, ["bottle"]), category="bottle",
+                     group="object", seed=0, methods=(MethodSpec("pg", "pixel_gaussian", {}),),
+                     metrics={"pixel_auroc": {}}, batch_size=4, workers=1, options=RunOptions(device="cpu"))
+    received: list[dict[str, Any]] = []
+    dask_executor(scheduler, registry)([task], received.extend)
+    (record,) = received
     with pytest.raises(UserError) as raised:
-        MVTecAD(root="mvtec_on_client")
+        MVTecAD(root=str(missing))
     assert record["status"] == "failed" and record["error"] == f"UserError: {raised.value}"
-    assert "mvtec_on_client" in record["error"] and record["worker"].startswith("tcp://")
+    assert str(missing) in record["error"] and record["worker"].startswith("tcp://")
+
+
+def test_loaders_inside_dask_workers_decode_in_process(registry, scheduler, tmp_path):
+    """A Dask worker is a daemonic process, which may not start DataLoader workers: the suite's ``workers: 1``
+    must still run there."""
+    make_mvtec_category(tmp_path / "mvtec", "bottle")
+    task = GroupTask(dataset=DatasetSpec("mvtec", "mvtec", {"root": str(tmp_path / "mvtec"), "image_size": 64,
+                                                            "crop_size": 64}, ["bottle"]),
+                     category="bottle", group="object", seed=0, methods=(MethodSpec("pg", "pixel_gaussian", {}),),
+                     metrics={"pixel_auroc": {}}, batch_size=4, workers=1, options=RunOptions(device="cpu"))
+    received: list[dict[str, Any]] = []
+    dask_executor(scheduler, registry)([task], received.extend)
+    assert received[0]["status"] == "ok", received[0]["error"]
 
 
 def small_task(device: str) -> GroupTask:
