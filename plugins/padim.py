@@ -40,7 +40,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from anombench import hookimpl
-from anombench.api import Batch, Scores
+from anombench.api import Batch, ComposedFromSharedSteps, Scores
 from anombench.errors import UserError
 from anombench_plugins.backbones import FeatureExtractor, FeatureMaps, LayerSpec
 
@@ -506,11 +506,11 @@ def read_model_file(path: str | Path, kind: str) -> tuple[dict, dict[str, torch.
     return json.loads(metadata[kind]), load_file(str(path))
 
 
-class PadimMethod:
+class PadimMethod(ComposedFromSharedSteps):
     """What PaDiM and its layer ensemble share: one extractor feeding heads; the map is the sum of the heads' maps.
 
-    ``fit`` and ``score_maps`` are the SharesFeatures steps composed, so a lone method and a shared group give
-    identical numbers. Subclasses only choose the heads.
+    ``fit`` and ``score_maps`` (from the mixin) are the SharesFeatures steps composed, so a lone method and a shared
+    group give identical numbers. Subclasses only choose the heads.
     """
 
     KIND = "anombench.padim"
@@ -540,16 +540,6 @@ class PadimMethod:
     def score_features(self, features: FeatureMaps, batch: Batch) -> Scores:
         size = tuple(batch.images.shape[-2:])
         return to_scores(sum(anomaly_maps(head.distances(features), size) for head in self.heads))
-
-    # Method
-    def fit(self, train: Iterable[Batch]) -> None:
-        self.fit_begin()
-        for batch in train:
-            self.fit_step(self.extract(batch.images))
-        self.fit_end()
-
-    def score_maps(self, batch: Batch) -> Scores:
-        return self.score_features(self.extract(batch.images), batch)
 
     # ModelSize
     def model_bytes(self) -> int:

@@ -7,6 +7,7 @@ import inspect
 import numpy as np
 import pytest
 
+from anombench.conformance import check_method
 from anombench.plugins import registry
 from anombench_plugins.ensemble import PaDiMLayerEnsemble
 from anombench_plugins.padim import PaDiM
@@ -58,3 +59,7 @@ def test_registered_with_an_annotated_signature():
     assert registry().get("method", "padim_layer_ensemble").factory is PaDiMLayerEnsemble
     for parameter in inspect.signature(PaDiMLayerEnsemble).parameters.values():
         assert parameter.annotation is not inspect.Parameter.empty and parameter.default is not inspect.Parameter.empty
+
+
+def test_ensemble_passes_the_method_conformance_checks():
+    check_method(PaDiMLayerEnsemble, params={"weights": "none", "reduction": "random", "n_features": 10})

@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from anombench.api import Batch
+from anombench.conformance import check_method
 from anombench.errors import UserError
 from anombench.plugins import registry
 from anombench_plugins.padim import (
@@ -332,3 +333,7 @@ def test_registered_under_padim_with_an_annotated_signature():
     for name, parameter in inspect.signature(PaDiM).parameters.items():
         assert parameter.annotation is not inspect.Parameter.empty, name
         assert parameter.default is not inspect.Parameter.empty, name
+
+
+def test_padim_passes_the_method_conformance_checks():
+    check_method(PaDiM, params={"backbone": "resnet18", "weights": "none", "n_features": 20})
