@@ -142,7 +142,7 @@ def render_html(run_dir: str | Path) -> str:
     doc = yaml.safe_load((run_dir / "suite.yaml").read_text())
     spec, reference = table_of(doc, str(run_dir / "suite.yaml"))
     cells = in_suite_order(load_cells(run_dir), load_provenance(run_dir).get("grid") or [])
-    wide = wide_table(long_table(cells, spec, reference), spec)
+    wide = wide_table(long_table(cells, spec, reference, list(doc.get("datasets") or [])), spec)
     failed = failed_cells(cells)
     parts = [f"<h1>{html.escape(str(doc.get('name', run_dir.name)))}</h1>",
              f"<p>{html.escape(str(doc.get('description') or ''))}</p>",

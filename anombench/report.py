@@ -31,7 +31,7 @@ def tables_markdown(run_dir: str | Path) -> tuple[str, object]:
     doc = yaml.safe_load((run_dir / "suite.yaml").read_text())
     spec, reference = table_of(doc, str(run_dir / "suite.yaml"))
     cells = in_suite_order(load_cells(run_dir), load_provenance(run_dir).get("grid") or [])
-    long = long_table(cells, spec, reference)
+    long = long_table(cells, spec, reference, list(doc.get("datasets") or []))
     return render_markdown(long, spec, reference, failed_cells(cells)), long
 
 

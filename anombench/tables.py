@@ -38,17 +38,27 @@ def mean_over_seeds(cells: pd.DataFrame, metrics: list[str]) -> pd.DataFrame:
     return means.reindex(columns=["method", "dataset", "category", "group", *metrics])
 
 
-def with_aggregates(per_class: pd.DataFrame, metrics: list[str], aggregates: list[str]) -> pd.DataFrame:
-    """Append the paper's group means (textures, objects, all) as extra 'category' rows per method and dataset.
-    An aggregate is only shown where every class it covers is present, so a partial run never shows a mean
-    that looks complete."""
+def aggregate_label(name: str, dataset: str, several_datasets: bool) -> str:
+    """'all', or 'mvtec:all' when the table holds several datasets (Table VIII: MVTec AD and STC)."""
+    return f"{dataset}:{name}" if several_datasets else name
+
+
+def is_aggregate(label: str) -> bool:
+    return label.rsplit(":", 1)[-1] in AGGREGATE_GROUPS
+
+
+def with_aggregates(per_class: pd.DataFrame, metrics: list[str], aggregates: list[str],
+                    several_datasets: bool) -> pd.DataFrame:
+    """Append the paper's group means (textures, objects, all) as extra 'category' rows per method and dataset,
+    over the classes that finished."""
     rows = [per_class]
     for name in aggregates:
         members = per_class[per_class["group"].isin(AGGREGATE_GROUPS[name])]
         if members.empty:
             continue
         means = members.groupby(["method", "dataset"], sort=False)[metrics].mean().reset_index()
-        means["category"], means["group"] = name, "aggregate"
+        means["category"] = [aggregate_label(name, d, several_datasets) for d in means["dataset"]]
+        means["group"] = "aggregate"
         rows.append(means)
     return pd.concat(rows, ignore_index=True)
 
@@ -59,10 +69,15 @@ def _as_list(value: Any) -> list[float]:
     return [float("nan") if value is None else float(value)]
 
 
-def long_table(cells: pd.DataFrame, spec: TableSpec, reference: dict[str, Any]) -> pd.DataFrame:
-    """method, category, metric, ours, paper, diff, in display units (percent when ``spec.percent``)."""
+def long_table(cells: pd.DataFrame, spec: TableSpec, reference: dict[str, Any],
+               datasets: list[str] | None = None) -> pd.DataFrame:
+    """method, category, metric, ours, paper, diff, in display units (percent when ``spec.percent``).
+
+    ``datasets``: the suite's dataset aliases (default: those in ``cells``); with several, aggregates are named
+    per dataset ('mvtec:all', 'stc:all') and reference figures are keyed the same way."""
     scale = 100.0 if spec.percent else 1.0
-    per_class = with_aggregates(mean_over_seeds(cells, spec.cell), spec.cell, spec.aggregates)
+    several = len(datasets if datasets is not None else set(cells["dataset"])) > 1
+    per_class = with_aggregates(mean_over_seeds(cells, spec.cell), spec.cell, spec.aggregates, several)
     values = reference.get("values") or {}
     rows = []
     for record in per_class.to_dict("records"):
@@ -95,8 +110,7 @@ def _ordered(items: pd.Series) -> list[str]:
     for item in items:
         if item not in seen:
             seen.append(item)
-    aggregates = [a for a in AGGREGATE_GROUPS if a in seen]
-    return [s for s in seen if s not in AGGREGATE_GROUPS] + aggregates
+    return [s for s in seen if not is_aggregate(s)] + [s for s in seen if is_aggregate(s)]
 
 
 def wide_table(long: pd.DataFrame, spec: TableSpec) -> pd.DataFrame:
