@@ -108,7 +108,7 @@ def np_padim_maps(train_features: list[dict], test_features: dict, layers: list[
 
 @pytest.mark.parametrize(
     "reduction,n_features,layers",
-    [("random", 40, None), ("none", None, ["layer2", "layer3"]), ("pca", 24, None)],
+    [("random", 40, None), ("none", None, ["layer2", "layer3"]), ("pca", 24, ["layer1", "layer2"])],
 )
 def test_padim_equals_numpy_reference_of_the_paper(reduction, n_features, layers):
     model = PaDiM(backbone="resnet18", layers=layers, weights="none", reduction=reduction, n_features=n_features,
