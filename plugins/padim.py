@@ -239,10 +239,13 @@ class PatchGaussian:
         if v is not None:
             mean = mean @ v
         dim = mean.shape[1]
-        whiteners = [LowerRowBlocks.zeros(g.stop - g.start, dim, torch.float32, mean.device) for g in moments.groups]
+        whiteners: list[LowerRowBlocks] = []  # a group's factors are allocated when its statistics are about to go
         eye = torch.eye(dim, dtype=torch.float64, device=mean.device)
         checked = set(np.linspace(0, moments.positions - 1, INVERSE_CHECK_POSITIONS).round().astype(int).tolist())
         for group, chunk in moments.chunks(max(dim, moments.dim)):
+            if group == len(whiteners):
+                size = moments.groups[group].stop - moments.groups[group].start
+                whiteners.append(LowerRowBlocks.zeros(size, dim, torch.float32, mean.device))
             cov = moments.covariance(group, chunk)
             if v is not None:
                 cov = v.T @ cov @ v
