@@ -44,7 +44,7 @@ def table1_task(data_roots: dict[str, str], category: str, synthetic: bool) -> G
     registry = load_registry()
     names = list(load_suite(SUITE, registry).source["methods"])
     suite = load_suite(SUITE, registry, overrides(names, category, synthetic), data_roots)
-    tasks = plan(suite, registry, "cpu", set(), RunOptions(threads=THREADS, show_progress=False))
+    tasks = plan(suite, registry, set(), RunOptions(threads=THREADS, show_progress=False)).tasks
     if len(tasks) != 1 or len(tasks[0].methods) != len(names):
         raise SystemExit(f"expected one task holding all {len(names)} variants, the runner planned {len(tasks)}")
     return tasks[0]
