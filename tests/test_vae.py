@@ -61,6 +61,7 @@ def test_training_leaves_the_global_rng_alone() -> None:
     assert torch.equal(before, torch.random.get_rng_state())
 
 
+@pytest.mark.slow  # five short fits and three 130 MB checkpoints (ResNet-18 + Adam moments)
 def test_resuming_a_checkpoint_reproduces_the_uninterrupted_run(tmp_path: Path) -> None:
     train = tiny_batches(1, 4, 64, seed=1, anomalous=False)
     straight = VAE(**(SMALL | {"epochs": 2}), device="cpu", seed=0)
