@@ -53,7 +53,7 @@ PAPER_N_FEATURES = {"resnet18": 100, "wide_resnet50_2": 550}  # Rd-100 and Rd-55
 INVERSE_CHECK_POSITIONS = 8
 INVERSE_CHECK_TOLERANCE = 1e-4  # relative Frobenius error of W^T W against numpy's float64 inverse
 POSITION_GROUPS = 8
-CHUNK_BYTES = 16e6  # one dense float64 temporary in fit_end; about eight are alive at once
+CHUNK_BYTES = 4e6  # one dense float64 temporary in fit_end; about ten are alive at once
 MEMORY_FRACTION = 0.8  # of the available RAM the float64 fit statistics may take
 
 
@@ -159,9 +159,9 @@ class StreamingMoments:
 
     def update(self, x: torch.Tensor) -> None:
         """Add vectors x of shape (positions, n, dim)."""
-        if self.count == 0:
-            self.shift = x.mean(1, dtype=torch.float64)
         for group, scatter in zip(self.groups, self.scatter):
+            if self.count == 0:
+                self.shift[group] = x[group].mean(1, dtype=torch.float64)
             centred = x[group] - self.shift[group, None, :]  # promoted to float64 by the subtraction
             self.total[group] += centred.sum(1)
             scatter.add_gram(centred)
