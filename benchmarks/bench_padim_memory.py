@@ -39,7 +39,7 @@ def fit_rss(name: str, n: int) -> dict:
 
 def reference_distances(train: np.ndarray, test: np.ndarray, chunk: int = 32) -> np.ndarray:
     """Mahalanobis distances (n_test, positions) in float64 numpy: cov + eps I per position, dense solve."""
-    out = np.empty((test.shape[1], test.shape[0]))
+    out = np.empty(test.shape[:2])  # (positions, n_test)
     for s in range(0, train.shape[0], chunk):
         x = train[s:s + chunk].astype(np.float64)  # (c, N, D)
         mean = x.mean(1, keepdims=True)
