@@ -17,7 +17,8 @@ from anombench.errors import UserError
 
 EPILOG_RUN = """examples:
   anombench run suites/quickstart.yaml
-  anombench run suites/table3.yaml --data mvtec=/data/mvtec_ad --set categories=[bottle] --set backbone=efficientnet_lite0
+  anombench run suites/table3.yaml --data mvtec=/data/mvtec_ad --set categories=[bottle]
+  bash benchmarks/table3_bottle.sh     # table3 on one class with EfficientNet-Lite0 in place of the ResNets (offline)
   anombench run suites/table1.yaml --out results/runs/t1 --resume      # continue a killed run
 shorthands for --set: categories, image_size, backbone, batch_size, workers, seeds;
 any other key as a dotted path: --set methods.padim-r18.params.n_features=50"""

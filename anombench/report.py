@@ -39,7 +39,8 @@ def write_tables(run_dir: str | Path) -> None:
     """Refresh table.md and table.csv of a run (called after each finished cell, so partial runs show progress)."""
     run_dir = Path(run_dir)
     markdown, long = tables_markdown(run_dir)
-    write_atomic(run_dir / "table.md", markdown)
+    notice = overrides_notice(run_dir)
+    write_atomic(run_dir / "table.md", f"{notice}\n\n{markdown}" if notice else markdown)
     write_atomic(run_dir / "table.csv", long.to_csv(index=False))
 
 

@@ -24,7 +24,7 @@ import dataclasses
 import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import yaml
 
@@ -138,8 +138,10 @@ def _set_dotted(doc: dict[str, Any], dotted: str, value: Any) -> None:
     node[parts[-1]] = value
 
 
-def apply_overrides(doc: dict[str, Any], overrides: list[tuple[str, Any]], data_roots: dict[str, str]) -> dict[str, Any]:
-    """Apply ``--set`` overrides (shorthands or dotted paths) and ``--data plugin=root`` to a loaded suite."""
+def apply_overrides(doc: dict[str, Any], overrides: list[tuple[str, Any]], data_roots: dict[str, str],
+                    has_backbone: Callable[[str], bool] = lambda plugin: True) -> dict[str, Any]:
+    """Apply ``--set`` overrides (shorthands or dotted paths) and ``--data plugin=root`` to a loaded suite.
+    The ``backbone`` shorthand reaches only methods whose plugin ``has_backbone`` (a VAE has none)."""
     doc = copy.deepcopy(doc)
     for key, value in overrides:
         if key in ("categories", "image_size"):
@@ -147,8 +149,9 @@ def apply_overrides(doc: dict[str, Any], overrides: list[tuple[str, Any]], data_
                 target = spec if key == "categories" else spec.setdefault("params", {})
                 target[key] = value
         elif key == "backbone":
-            for spec in (doc.get("methods") or {}).values():
-                spec.setdefault("params", {})["backbone"] = value
+            for name, spec in (doc.get("methods") or {}).items():
+                if has_backbone(str((spec or {}).get("plugin", name))):
+                    spec.setdefault("params", {})["backbone"] = value
         elif key in ("batch_size", "workers"):
             doc.setdefault("run", {})[key] = value
         elif "." in key or key in TOP_LEVEL_KEYS:
@@ -299,7 +302,11 @@ def build_suite(doc: dict[str, Any], path: str, registry: Registry) -> Suite:
 def load_suite(path: str | Path, registry: Registry, overrides: list[str] = (),
                data_roots: dict[str, str] | None = None) -> Suite:
     """Read, override and validate a suite file."""
-    doc = apply_overrides(load_yaml(path), [parse_override(o) for o in overrides], data_roots or {})
+    def has_backbone(plugin: str) -> bool:
+        entry = registry.entries["method"].get(plugin)
+        return entry is None or "backbone" in paramcheck.allowed_parameters(entry.factory)
+
+    doc = apply_overrides(load_yaml(path), [parse_override(o) for o in overrides], data_roots or {}, has_backbone)
     suite = build_suite(doc, str(path), registry)
     return dataclasses.replace(suite, overrides=tuple(overrides))
 

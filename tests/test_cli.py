@@ -25,6 +25,10 @@ def site(tmp_path_factory) -> Path:
     dist.mkdir()
     (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: anombench-pixelstats\nVersion: 1.2.3\n")
     (dist / "entry_points.txt").write_text("[anombench]\npixelstats = anombench_pixelstats\n")
+    slow = site / "anombench_slowstats-0.1.dist-info"
+    slow.mkdir()
+    (slow / "METADATA").write_text("Metadata-Version: 2.1\nName: anombench-slowstats\nVersion: 0.1\n")
+    (slow / "entry_points.txt").write_text("[anombench]\nslowstats = anombench_slowstats\n")
     return site
 
 
@@ -39,13 +43,13 @@ def anombench(*args: str, site: Path, cwd: Path, check: bool = False, **popen) -
     return result
 
 
-def write_suite(path: Path, categories: list[str], n_train: int = 6) -> Path:
+def write_suite(path: Path, categories: list[str], n_train: int = 6, methods: dict | None = None) -> Path:
     path.write_text(yaml.safe_dump({
         "name": "cli-test",
         "datasets": {"synthetic": {"params": {"image_size": 32, "n_train": n_train, "n_test_good": 3,
                                               "n_test_defective": 3}, "categories": categories}},
-        "methods": {"pg": {"plugin": "pixel_gaussian"}, "pg-wide": {"plugin": "pixel_gaussian",
-                                                                     "params": {"min_std": 0.2}}},
+        "methods": methods or {"pg": {"plugin": "pixel_gaussian"},
+                               "pg-wide": {"plugin": "pixel_gaussian", "params": {"min_std": 0.2}}},
         "metrics": ["pixel_auroc", "pro", "image_auroc", "fit_seconds"],
         "run": {"batch_size": 4, "workers": 0},
         "table": {"cell": ["pixel_auroc", "pro"], "aggregates": ["textures", "objects", "all"]},
@@ -108,7 +112,10 @@ def test_help_explains_with_examples(site, tmp_path):
 
 def test_sigkill_mid_run_then_resume_keeps_finished_cells(site, tmp_path):
     categories = ["stripes", "weave", "disc", "plate"]
-    suite = write_suite(tmp_path / "suite.yaml", categories, n_train=120)
+    # the slow method sleeps a second in each fit, so the kill cannot miss the middle of the run
+    suite = write_suite(tmp_path / "suite.yaml", categories, methods={
+        "pg": {"plugin": "pixel_gaussian"},
+        "slow": {"plugin": "slow_gaussian", "params": {"marker_dir": str(tmp_path / "markers"), "seconds": 1.0}}})
     process = anombench("run", str(suite), "--out", "run", "--quiet", "--device", "cpu", site=site, cwd=tmp_path,
                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     cells = tmp_path / "run" / "cells.jsonl"

@@ -137,3 +137,13 @@ def test_expand_orders_cells_sharing_data_together(registry):
 ])
 def test_type_matching(value, annotation, ok):
     assert matches(value, annotation) is ok
+
+
+def test_backbone_shorthand_reaches_only_methods_with_a_backbone(tmp_path, registry):
+    doc = base_doc()
+    doc["methods"]["padim"] = {"plugin": "padim", "params": {"weights": "none"}}
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    suite = load_suite(path, registry, ["backbone=efficientnet_lite0"])
+    params = {m.name: m.params for m in suite.methods}
+    assert params["padim"]["backbone"] == "efficientnet_lite0" and "backbone" not in params["pg"]
