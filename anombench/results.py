@@ -71,6 +71,12 @@ class RunStore:
                     raise UserError(f"{cells}:{number}: not a JSON line; the run directory is damaged") from None
                 self.records[record["cell"]] = record
 
+    def discard_stale_temporaries(self) -> None:
+        """Remove temporaries of a writer killed before its rename (the files they were replacing are intact).
+        Only the run's writer may call this: a reader would race with a live writer's temporaries."""
+        for stale in self.directory.rglob(".*.tmp"):
+            stale.unlink(missing_ok=True)
+
     def finished(self) -> set[str]:
         """Ids of cells that completed successfully (failed cells are retried on --resume)."""
         return {cell for cell, record in self.records.items() if record.get("status") == "ok"}

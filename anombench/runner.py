@@ -424,6 +424,7 @@ def run_suite(suite: Suite, out: Path, options: RunOptions, resume: bool = False
     if out.exists() and any(out.iterdir()) and not resume:
         raise UserError(f"{out}: run directory exists and is not empty; pass --resume to continue it or choose --out")
     store = RunStore(out)
+    store.discard_stale_temporaries()
     if options.threads:
         torch.set_num_threads(options.threads)
     planned = plan(suite, registry, store.finished() if resume else set(), options)
