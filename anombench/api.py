@@ -14,7 +14,7 @@ Conventions (kept in one place so every plugin agrees):
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Literal, Protocol, runtime_checkable
+from typing import Any, Iterable, Literal, Protocol, runtime_checkable
 
 import numpy as np
 import torch
@@ -189,9 +189,3 @@ class Metric(Protocol):
     def update(self, scores: Scores, batch: Batch) -> None: ...
 
     def compute(self, resources: Resources) -> float: ...
-
-
-MethodFactory = Callable[..., Method]
-DatasetFactory = Callable[..., Dataset]
-MetricFactory = Callable[..., Metric]
-

@@ -54,9 +54,6 @@ class GroupTask:
     workers: int
     options: RunOptions
 
-    def cells(self) -> list[Cell]:
-        return [Cell(m.name, self.dataset.alias, self.category, self.seed) for m in self.methods]
-
 
 def resolve_device(choice: str) -> str:
     """``auto`` takes a GPU when torch sees one; ``cuda`` without one is a one-line error."""
