@@ -155,6 +155,19 @@ class ModelSize(Protocol):
     def model_bytes(self) -> int: ...
 
 
+class KnownCategories(Protocol):
+    """Optional for a dataset: every category it defines, present on disk or not (MVTec AD: all 15), so a mean over
+    the few classes a run has is not shown as the paper's mean over all of them."""
+
+    def known_categories(self) -> list[str]: ...
+
+
+def known_categories(dataset: Dataset) -> list[str]:
+    """The dataset's full category list: ``known_categories()`` where offered, else those present."""
+    known = getattr(dataset, "known_categories", None)
+    return list(known()) if callable(known) else dataset.categories()
+
+
 class Split(Protocol):
     """A map-style dataset of Samples (a torch Dataset satisfies it); the runner wraps it in a DataLoader."""
 

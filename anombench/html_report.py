@@ -20,12 +20,10 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first)
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
-import yaml  # noqa: E402
 
-from anombench.report import failed_cells, in_suite_order, overrides_notice, provenance_markdown  # noqa: E402
-from anombench.results import RunStore, load_cells, load_provenance  # noqa: E402
-from anombench.suite import table_of  # noqa: E402
-from anombench.tables import long_table, wide_table  # noqa: E402
+from anombench.report import failed_cells, overrides_notice, provenance_markdown, read_run_table  # noqa: E402
+from anombench.results import RunStore  # noqa: E402
+from anombench.tables import wide_table  # noqa: E402
 
 KINDS = {"best": "best: top anomalies", "missed": "missed: lowest anomalies",
          "false_alarm": "false alarms: top normals", "typical": "typical: random"}
@@ -139,10 +137,9 @@ def _markdown_list_to_html(text: str) -> str:
 
 def render_html(run_dir: str | Path) -> str:
     run_dir = Path(run_dir)
-    doc = yaml.safe_load((run_dir / "suite.yaml").read_text())
-    spec, reference = table_of(doc, str(run_dir / "suite.yaml"))
-    cells = in_suite_order(load_cells(run_dir), load_provenance(run_dir).get("grid") or [])
-    wide = wide_table(long_table(cells, spec, reference, list(doc.get("datasets") or [])), spec)
+    table = read_run_table(run_dir)
+    doc, spec, reference, cells = table.doc, table.spec, table.reference, table.cells
+    wide = wide_table(table.long, spec)
     failed = failed_cells(cells)
     parts = [f"<h1>{html.escape(str(doc.get('name', run_dir.name)))}</h1>",
              f"<p>{html.escape(str(doc.get('description') or ''))}</p>",

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import yaml
 
 from anombench.results import load_cells, load_provenance, write_atomic
-from anombench.suite import table_of
+from anombench.suite import TableSpec, table_of
 from anombench.tables import long_table, render_markdown
 
 
@@ -25,14 +27,31 @@ def in_suite_order(cells: pd.DataFrame, grid: list[str]) -> pd.DataFrame:
         "_order", kind="stable").drop(columns="_order")
 
 
-def tables_markdown(run_dir: str | Path) -> tuple[str, object]:
-    """The run's table in markdown and its long frame (numbers in display units)."""
+@dataclass(frozen=True)
+class RunTable:
+    """A run's table and what it is made of, read back from the run directory."""
+
+    doc: dict[str, Any]  # the suite as run
+    spec: TableSpec
+    reference: dict[str, Any]
+    cells: pd.DataFrame  # in suite order
+    long: pd.DataFrame  # see tables.long_table
+
+
+def read_run_table(run_dir: str | Path) -> RunTable:
     run_dir = Path(run_dir)
     doc = yaml.safe_load((run_dir / "suite.yaml").read_text())
     spec, reference = table_of(doc, str(run_dir / "suite.yaml"))
-    cells = in_suite_order(load_cells(run_dir), load_provenance(run_dir).get("grid") or [])
-    long = long_table(cells, spec, reference, list(doc.get("datasets") or []))
-    return render_markdown(long, spec, reference, failed_cells(cells)), long
+    info = load_provenance(run_dir)
+    cells = in_suite_order(load_cells(run_dir), info.get("grid") or [])
+    long = long_table(cells, spec, reference, list(doc.get("datasets") or []), info.get("group_sizes"))
+    return RunTable(doc, spec, reference, cells, long)
+
+
+def tables_markdown(run_dir: str | Path) -> tuple[str, pd.DataFrame]:
+    """The run's table in markdown and its long frame (numbers in display units)."""
+    table = read_run_table(run_dir)
+    return render_markdown(table.long, table.spec, table.reference, failed_cells(table.cells)), table.long
 
 
 def write_tables(run_dir: str | Path) -> None:

@@ -14,7 +14,9 @@ import platform
 import subprocess
 import sys
 import traceback
+from collections import Counter
 from dataclasses import dataclass, field
+from functools import partial
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
@@ -25,7 +27,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 import anombench
-from anombench.api import Batch, Dataset, Method, Metric, Resources, Scores, collate, shares_features
+from anombench.api import Batch, Dataset, Method, Metric, Resources, Scores, collate, known_categories, shares_features
 from anombench.errors import UserError
 from anombench.examples import ExampleKeeper
 from anombench.plugins import Registry, registry as default_registry
@@ -270,7 +272,7 @@ def execute_group(task: GroupTask, registry: Registry | None = None) -> list[dic
             if len(alive) > 1:
                 shared_infer = _run_shared(alive, train, test, task.category, task.options)
             elif alive:
-                _guard(alive[0], lambda: _run_alone(alive[0], train, test, task.category, task.options))
+                _guard(alive[0], partial(_run_alone, alive[0], train, test, task.category, task.options))
     except Exception as exc:
         return failed_records(task, exc)
     peers = [m.spec.name for m in members]
@@ -299,6 +301,7 @@ def resolve_categories(suite: Suite, datasets: dict[str, Dataset]) -> dict[str, 
 class Plan:
     tasks: list[GroupTask]
     grid: list[str]  # every cell id of the suite in suite order, finished or not (tables are ordered by it)
+    group_sizes: dict[str, dict[str, int]]  # dataset alias -> group -> how many categories the dataset has in it
 
 
 def plan(suite: Suite, registry: Registry, skip: set[str], options: RunOptions) -> Plan:
@@ -320,7 +323,13 @@ def plan(suite: Suite, registry: Registry, skip: set[str], options: RunOptions) 
             group=datasets[first.dataset].group(first.category), seed=first.seed,
             methods=tuple(methods_by_name[c.method] for c in group), metrics=suite.metrics,
             batch_size=suite.batch_size, workers=suite.workers, options=options))
-    return Plan(tasks, [cell.id for cell in cells])
+    return Plan(tasks, [cell.id for cell in cells], {alias: group_sizes(d) for alias, d in datasets.items()})
+
+
+def group_sizes(dataset: Dataset) -> dict[str, int]:
+    """How many of the dataset's categories each group holds, so tables can tell a mean over all 15 MVTec classes
+    from one over the few a narrowed run (``--set categories=[bottle]``) finished."""
+    return dict(Counter(dataset.group(category) for category in known_categories(dataset)))
 
 
 def _feature_keys(suite: Suite, registry: Registry, device: str) -> dict[str, str | None]:
@@ -425,7 +434,8 @@ def run_suite(suite: Suite, out: Path, options: RunOptions, resume: bool = False
     if options.threads:
         torch.set_num_threads(options.threads)
     planned = plan(suite, registry, store.finished() if resume else set(), options)
-    write_json(out / "run.json", provenance(suite, options, registry) | {"grid": planned.grid})
+    write_json(out / "run.json", provenance(suite, options, registry) | {"grid": planned.grid,
+                                                                        "group_sizes": planned.group_sizes})
     write_atomic(out / "suite.yaml", yaml.safe_dump(suite.source, sort_keys=False))
     total = sum(len(t.methods) for t in planned.tasks)
     bar = tqdm(total=total, desc=suite.name, unit="cell", disable=not options.show_progress)

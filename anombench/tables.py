@@ -38,26 +38,33 @@ def mean_over_seeds(cells: pd.DataFrame, metrics: list[str]) -> pd.DataFrame:
     return means.reindex(columns=["method", "dataset", "category", "group", *metrics])
 
 
-def aggregate_label(name: str, dataset: str, several_datasets: bool) -> str:
-    """'all', or 'mvtec:all' when the table holds several datasets (Table VIII: MVTec AD and STC)."""
-    return f"{dataset}:{name}" if several_datasets else name
+def aggregate_label(name: str, dataset: str, several_datasets: bool, covered: int = 0, total: int = 0) -> str:
+    """'all', or 'mvtec:all' when the table holds several datasets (Table VIII: MVTec AD and STC); 'all (1/15)'
+    when the mean covers only some of the classes the paper averages (then no paper figure is set beside it)."""
+    label = f"{dataset}:{name}" if several_datasets else name
+    return f"{label} ({covered}/{total})" if covered < total else label
 
 
 def is_aggregate(label: str) -> bool:
-    return label.rsplit(":", 1)[-1] in AGGREGATE_GROUPS
+    return label.split(" (", 1)[0].rsplit(":", 1)[-1] in AGGREGATE_GROUPS
 
 
-def with_aggregates(per_class: pd.DataFrame, metrics: list[str], aggregates: list[str],
-                    several_datasets: bool) -> pd.DataFrame:
+def with_aggregates(per_class: pd.DataFrame, metrics: list[str], aggregates: list[str], several_datasets: bool,
+                    group_sizes: dict[str, dict[str, int]] | None = None) -> pd.DataFrame:
     """Append the paper's group means (textures, objects, all) as extra 'category' rows per method and dataset,
-    over the classes that finished."""
+    over the classes that finished. ``group_sizes`` (dataset -> group -> number of classes it defines) marks a
+    mean over fewer classes than the dataset has, e.g. a run narrowed to bottle."""
     rows = [per_class]
     for name in aggregates:
         members = per_class[per_class["group"].isin(AGGREGATE_GROUPS[name])]
         if members.empty:
             continue
-        means = members.groupby(["method", "dataset"], sort=False)[metrics].mean().reset_index()
-        means["category"] = [aggregate_label(name, d, several_datasets) for d in means["dataset"]]
+        grouped = members.groupby(["method", "dataset"], sort=False)
+        means = grouped[metrics].mean().reset_index()
+        covered = grouped["category"].nunique().to_numpy()
+        totals = [sum((group_sizes or {}).get(d, {}).get(g, 0) for g in AGGREGATE_GROUPS[name]) for d in means["dataset"]]
+        means["category"] = [aggregate_label(name, d, several_datasets, n, total)
+                             for d, n, total in zip(means["dataset"], covered, totals)]
         means["group"] = "aggregate"
         rows.append(means)
     return pd.concat(rows, ignore_index=True)
@@ -70,16 +77,18 @@ def _as_list(value: Any) -> list[float]:
 
 
 def long_table(cells: pd.DataFrame, spec: TableSpec, reference: dict[str, Any],
-               datasets: list[str] | None = None) -> pd.DataFrame:
+               datasets: list[str] | None = None, group_sizes: dict[str, dict[str, int]] | None = None) -> pd.DataFrame:
     """method, category, metric, ours, paper, diff, in display units (percent when ``spec.percent``).
 
     ``datasets``: the suite's dataset aliases (default: those in ``cells``); with several, aggregates are named
-    per dataset ('mvtec:all', 'stc:all') and reference figures are keyed the same way."""
+    per dataset ('mvtec:all', 'stc:all') and reference figures are keyed the same way. ``group_sizes``: see
+    ``with_aggregates`` (the runner stores it in run.json)."""
     scale = 100.0 if spec.percent else 1.0
     several = len(datasets if datasets is not None else set(cells["dataset"])) > 1
-    per_class = with_aggregates(mean_over_seeds(cells, spec.cell), spec.cell, spec.aggregates, several)
+    per_class = with_aggregates(mean_over_seeds(cells, spec.cell), spec.cell, spec.aggregates, several, group_sizes)
     values = reference.get("values") or {}
     rows = []
+    produced = set(zip(per_class["method"], per_class["category"]))
     for record in per_class.to_dict("records"):
         paper = _as_list((values.get(record["method"]) or {}).get(record["category"]))
         for k, metric in enumerate(spec.cell):
@@ -87,6 +96,12 @@ def long_table(cells: pd.DataFrame, spec: TableSpec, reference: dict[str, Any],
             ref = paper[k] if k < len(paper) else float("nan")
             rows.append({"method": record["method"], "dataset": record["dataset"], "category": record["category"],
                          "metric": metric, "ours": ours, "paper": ref, "diff": ours - ref, "reference_only": False})
+    for method in dict.fromkeys(per_class["method"]):  # the paper's group means a partial run has no figure for
+        for category, figures in (values.get(method) or {}).items():
+            if is_aggregate(category) and (method, category) not in produced:
+                for metric, ref in zip(spec.cell, _as_list(figures)):
+                    rows.append({"method": method, "dataset": "", "category": category, "metric": metric,
+                                 "ours": float("nan"), "paper": ref, "diff": float("nan"), "reference_only": False})
     for method, per_category in (reference.get("only") or {}).items():
         for category, figures in per_category.items():
             for metric, ref in zip(spec.cell, _as_list(figures)):
@@ -105,12 +120,16 @@ def _fmt(values: list[float], percent: bool, signed: bool = False) -> str:
     return texts[0] if len(texts) == 1 else "(" + ", ".join(texts) + ")"
 
 
+def _aggregate_order(label: str) -> tuple[str, int]:
+    """Sort key of an aggregate label: by dataset, then textures, objects, all (partial means beside full ones)."""
+    dataset, _, name = label.split(" (", 1)[0].rpartition(":")
+    return dataset, list(AGGREGATE_GROUPS).index(name)
+
+
 def _ordered(items: pd.Series) -> list[str]:
-    seen: list[str] = []
-    for item in items:
-        if item not in seen:
-            seen.append(item)
-    return [s for s in seen if not is_aggregate(s)] + [s for s in seen if is_aggregate(s)]
+    """Distinct items in first-seen order, aggregates last."""
+    seen = list(dict.fromkeys(items))
+    return [s for s in seen if not is_aggregate(s)] + sorted((s for s in seen if is_aggregate(s)), key=_aggregate_order)
 
 
 def wide_table(long: pd.DataFrame, spec: TableSpec) -> pd.DataFrame:

@@ -196,6 +196,9 @@ class MVTecAD:
     def categories(self) -> list[str]:
         return [c for c in CATEGORIES if (self.root / c).is_dir()]
 
+    def known_categories(self) -> list[str]:
+        return list(CATEGORIES)
+
     def group(self, category: str) -> Group:
         self._known(category)
         return _group_of(category)

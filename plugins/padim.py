@@ -26,7 +26,6 @@ Numerics, and why:
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable
 from functools import lru_cache
 from pathlib import Path
@@ -36,8 +35,6 @@ import numpy as np
 import psutil
 import torch
 import torch.nn.functional as F
-from safetensors import safe_open
-from safetensors.torch import load_file, save_file
 from scipy.linalg.lapack import dtrtri
 from threadpoolctl import threadpool_limits
 
@@ -45,6 +42,7 @@ from anombench import hookimpl
 from anombench.api import Batch, ComposedFromSharedSteps, Scores
 from anombench.errors import UserError
 from anombench_plugins.backbones import FeatureExtractor, FeatureMaps, LayerSpec
+from anombench_plugins.modelfile import read_model_file, write_model_file
 
 Reduction = Literal["random", "pca", "none"]
 REDUCTIONS = ("random", "pca", "none")
@@ -514,23 +512,12 @@ def build_head(extractor: FeatureExtractor, layers: list[str], reduction: Reduct
                      eps, seed)
 
 
-def save_heads(path: str | Path, kind: str, config: dict, heads: list[PadimHead]) -> None:
-    """One safetensors file: the heads' tensors under head<i>., the configuration as JSON metadata."""
+def heads_state(heads: list[PadimHead]) -> dict[str, torch.Tensor]:
+    """The heads' tensors under head<i>. prefixes, for one model file."""
     state: dict[str, torch.Tensor] = {}
     for i, head in enumerate(heads):
         state |= head.state(f"head{i}.")
-    save_file(state, str(path), metadata={kind: json.dumps(config)})
-
-
-def read_model_file(path: str | Path, kind: str) -> tuple[dict, dict[str, torch.Tensor]]:
-    """The JSON configuration and tensors of a model file written by ``save_heads``; a UserError if not one."""
-    if not Path(path).is_file():
-        raise UserError(f"model file '{path}' does not exist")
-    with safe_open(str(path), framework="pt") as f:
-        metadata = f.metadata() or {}
-    if kind not in metadata:
-        raise UserError(f"'{path}' is not a saved {kind.split('.')[-1]} model (no '{kind}' metadata)")
-    return json.loads(metadata[kind]), load_file(str(path))
+    return state
 
 
 class PadimMethod(ComposedFromSharedSteps):
@@ -574,7 +561,7 @@ class PadimMethod(ComposedFromSharedSteps):
 
     # persistence: fit once, score many times
     def save(self, path: str | Path) -> None:
-        save_heads(path, self.KIND, self.config, self.heads)
+        write_model_file(path, self.KIND, self.config, heads_state(self.heads))
 
     @classmethod
     def load(cls, path: str | Path, device: str = "cpu") -> PadimMethod:

@@ -24,7 +24,8 @@ images one by one.
 from __future__ import annotations
 
 import math
-from typing import Literal
+from pathlib import Path
+from typing import Any, Literal
 
 import faiss
 import numpy as np
@@ -35,8 +36,10 @@ from anombench import hookimpl
 from anombench.api import Batch, ComposedFromSharedSteps, Scores
 from anombench.errors import UserError
 from anombench_plugins.backbones import FeatureExtractor, FeatureMaps, LayerSpec, backbone_spec, unit_name
+from anombench_plugins.modelfile import read_model_file, write_model_file
 from anombench_plugins.padim import gaussian_matrix
 
+KIND = "anombench.spade"  # the model file's metadata tag
 IndexKind = Literal["flat", "ivf", "hnsw"]
 INDEX_KINDS = ("flat", "ivf", "hnsw")
 POOLED_LAYER = {"resnet": "layer4", "efficientnet": "blocks.6"}  # the last stage of each family
@@ -77,6 +80,9 @@ class ExactGallery:
     def nbytes(self) -> int:
         return int(self.rows.nbytes)
 
+    def state(self, prefix: str) -> dict[str, torch.Tensor]:
+        return {f"{prefix}rows": torch.from_numpy(self.rows), f"{prefix}per_image": torch.tensor([self.per_image])}
+
 
 class IndexedGallery:
     """One layer's training patches held in an approximate faiss index (IVF-Flat or HNSW-Flat) over all of them;
@@ -114,8 +120,22 @@ class IndexedGallery:
             return 4 * n * d + 4 * hnsw.neighbors.size() + 4 * hnsw.levels.size() + 8 * hnsw.offsets.size()
         return (4 * d + 8) * n + 4 * d * self.index.nlist
 
+    def state(self, prefix: str) -> dict[str, torch.Tensor]:
+        """The faiss index as its own serialisation (bytes), so a loaded index is the very same structure."""
+        return {f"{prefix}faiss": torch.from_numpy(faiss.serialize_index(self.index)),
+                f"{prefix}per_image": torch.tensor([self.per_image])}
+
 
 Gallery = ExactGallery | IndexedGallery
+
+
+def gallery_from_state(state: dict[str, torch.Tensor], prefix: str, params: dict[str, int | None]) -> Gallery:
+    """The gallery a ``state(prefix)`` call saved; ``params`` are the search parameters of the loading model."""
+    per_image = int(state[f"{prefix}per_image"][0])
+    if f"{prefix}rows" in state:
+        return ExactGallery(state[f"{prefix}rows"].numpy(), per_image)
+    index = faiss.deserialize_index(state[f"{prefix}faiss"].numpy())
+    return IndexedGallery(index, per_image, {"ef_search": params["ef_search"], "nprobe": params["nprobe"]})
 
 
 def ivf_lists(n_vectors: int, nlist: int | None) -> int:
@@ -175,17 +195,33 @@ def pooled_vectors(features: torch.Tensor) -> np.ndarray:
 class SpadeModel:
     """The fitted state: an exact index on pooled vectors and one gallery per layer; scoring one image at a time."""
 
-    def __init__(self, bank: FeatureBank, k: int, kind: IndexKind, params: dict[str, int | None], seed: int) -> None:
-        self.layers = bank.layers
-        pooled = np.concatenate(bank.pooled)
+    def __init__(self, layers: list[str], pooled: np.ndarray, galleries: dict[str, Gallery], k: int) -> None:
+        self.layers, self.galleries = layers, galleries
         self.images = faiss.IndexFlatL2(pooled.shape[1])
         self.images.add(pooled)
         self.k = min(k, len(pooled))
-        self.galleries: dict[str, Gallery] = {}
-        for name in self.layers:
+
+    @classmethod
+    def from_bank(cls, bank: FeatureBank, k: int, kind: IndexKind, params: dict[str, int | None],
+                  seed: int) -> SpadeModel:
+        galleries: dict[str, Gallery] = {}
+        for name in bank.layers:
             rows = np.concatenate(bank.rows[name])
             bank.rows[name] = []  # release the pieces as each layer is built
-            self.galleries[name] = build_gallery(rows, int(np.prod(bank.grid[name])), kind, params, seed)
+            galleries[name] = build_gallery(rows, int(np.prod(bank.grid[name])), kind, params, seed)
+        return cls(bank.layers, np.concatenate(bank.pooled), galleries, k)
+
+    @classmethod
+    def from_state(cls, state: dict[str, torch.Tensor], layers: list[str], k: int,
+                   params: dict[str, int | None]) -> SpadeModel:
+        galleries = {name: gallery_from_state(state, f"gallery.{name}.", params) for name in layers}
+        return cls(layers, state["pooled"].numpy(), galleries, k)
+
+    def state(self) -> dict[str, torch.Tensor]:
+        state = {"pooled": torch.from_numpy(self.images.reconstruct_n(0, self.images.ntotal))}
+        for name, gallery in self.galleries.items():
+            state |= gallery.state(f"gallery.{name}.")
+        return state
 
     def nearest_images(self, pooled: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(Euclidean distances, indices) of the K nearest training images of one pooled vector (1, C)."""
@@ -237,6 +273,9 @@ class SPADE(ComposedFromSharedSteps):
                  hnsw_m: int = 32, ef_construction: int = 40, ef_search: int = 128,
                  device: str = "cpu", seed: int = 0) -> None:
         check_spade_params(k, sigma, index, nlist, nprobe, hnsw_m, ef_construction, ef_search)
+        self.config: dict[str, Any] = dict(backbone=backbone, layers=layers, pooled_layer=pooled_layer, weights=weights,
+                                           k=k, sigma=sigma, index=index, nlist=nlist, nprobe=nprobe, hnsw_m=hnsw_m,
+                                           ef_construction=ef_construction, ef_search=ef_search, seed=seed)
         spec = backbone_spec(backbone)
         patch_layers = list(layers) if layers else list(spec.default_layers)
         pooled = pooled_layer if pooled_layer is not None else POOLED_LAYER[spec.family]
@@ -268,7 +307,7 @@ class SPADE(ComposedFromSharedSteps):
     def fit_end(self) -> None:
         if self.bank is None or self.bank.n_images == 0:
             raise UserError("SPADE needs at least 1 training image")
-        self.model = SpadeModel(self.bank, self.k, self.index_kind, self.index_params, self.seed)
+        self.model = SpadeModel.from_bank(self.bank, self.k, self.index_kind, self.index_params, self.seed)
         self.bank = None
 
     def score_features(self, features: FeatureMaps, batch: Batch) -> Scores:
@@ -289,6 +328,19 @@ class SPADE(ComposedFromSharedSteps):
         if self.model is None:
             raise RuntimeError("SPADE: model_bytes before fit")
         return self.model.nbytes
+
+    # persistence: fit once, score many times. The faiss indexes travel as faiss's own serialisation.
+    def save(self, path: str | Path) -> None:
+        if self.model is None:
+            raise RuntimeError("SPADE: save before fit")
+        write_model_file(path, KIND, self.config, self.model.state())
+
+    @classmethod
+    def load(cls, path: str | Path, device: str = "cpu") -> SPADE:
+        config, state = read_model_file(path, KIND)
+        method = cls(**config, device=device)
+        method.model = SpadeModel.from_state(state, method.layers, method.k, method.index_params)
+        return method
 
 
 def check_spade_params(k: int, sigma: float, index: str, nlist: int | None, nprobe: int, hnsw_m: int,

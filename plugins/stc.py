@@ -55,6 +55,7 @@ log = logging.getLogger("anombench.data")
 
 ENV_ROOT = "ANOMBENCH_DATA_STC"
 SCENES = tuple(f"{n:02d}" for n in range(1, 14))
+TESTED_SCENES = SCENES[:12]  # the public test set covers scenes 01-12: the paper's STC mean is over these
 PAGE = "https://svip-lab.github.io/dataset/campus_dataset.html"
 MISSING_HINT = (
     f"download shanghaitech.tar.gz from {PAGE}, extract it and its training videos as "
@@ -170,8 +171,11 @@ class ShanghaiTechCampus:
     def categories(self) -> list[str]:
         return list(self._categories)
 
+    def known_categories(self) -> list[str]:
+        return [f"scene{scene}" for scene in TESTED_SCENES]
+
     def group(self, category: str) -> Group:
-        self._scene(category)
+        self._known_scene(category)
         return "other"
 
     def train(self, category: str, seed: int) -> FileSplit:
@@ -209,10 +213,15 @@ class ShanghaiTechCampus:
             for i, frame in enumerate(frames)
         ][:: self.test_frame_stride]
 
-    def _scene(self, category: str) -> str:
+    @staticmethod
+    def _known_scene(category: str) -> str:
         scene = _scene_of(category)
         if scene not in SCENES:
             raise UserError(f"unknown STC category '{category}'; the categories are scene01 ... scene13")
+        return scene
+
+    def _scene(self, category: str) -> str:
+        scene = self._known_scene(category)
         if f"scene{scene}" not in self._categories:
             raise UserError(
                 f"STC category '{category}' not found in {self.root} (present: {', '.join(self._categories)})"

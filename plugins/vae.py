@@ -43,7 +43,9 @@ from anombench import hookimpl
 from anombench.api import Batch, Scores
 from anombench.errors import UserError
 from anombench_plugins.backbones import IMAGENET_MEAN, IMAGENET_STD, backbone_spec, backbone_units, load_backbone
+from anombench_plugins.modelfile import read_model_file, write_model_file
 
+KIND = "anombench.vae"  # the model file's metadata tag
 STRIDE = 32  # ResNet-18's total downsampling: one latent position per 32x32 pixels
 ENCODER_CHANNELS = 512
 
@@ -271,6 +273,24 @@ class VAE:
     def model_bytes(self) -> int:
         tensors = [*self.model.parameters(), *self.model.buffers()]
         return int(sum(t.numel() * t.element_size() for t in tensors))
+
+    # persistence: the trained network and its settings (training checkpoints are the separate ``checkpoint_dir``)
+    def save(self, path: str | Path) -> None:
+        config = {k: v for k, v in self.settings.items() if k != "device"} | {
+            "epochs": self.epochs, "trained_epochs": self.epoch, "history": self.history}
+        write_model_file(path, KIND, config, self.model.state_dict())
+
+    @classmethod
+    def load(cls, path: str | Path, device: str = "cpu") -> VAE:
+        config, state = read_model_file(path, KIND)
+        trained_epochs, history = config.pop("trained_epochs"), config.pop("history")
+        # every weight comes from the file: the encoder's initial weights (maybe an offline-missing file) are not read
+        method = cls(**(config | {"weights": "none"}), progress=False, device=device)
+        method.settings["weights"] = config["weights"]
+        method.model.load_state_dict(state)
+        method.model.eval()
+        method.epoch, method.history = trained_epochs, history
+        return method
 
 
 def check_vae_params(latent_channels: int, decoder_channels: list[int], n_augmented: int, epochs: int,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections import Counter
 import pickle
 from pathlib import Path
 
@@ -14,7 +15,7 @@ from PIL import Image
 from torch.utils.data import DataLoader
 from torchvision import transforms as T
 
-from anombench.api import Dataset, Sample, collate
+from anombench.api import Dataset, Sample, collate, known_categories
 from anombench.errors import UserError
 from anombench.plugins import collect, make_plugin_manager
 from anombench_plugins.mvtec import CATEGORIES, MVTecAD, RandomRotateCrop, RdMVTecAD
@@ -53,6 +54,8 @@ def test_categories_present_in_official_order_and_groups(tmp_path):
     assert data.categories() == ["grid", "wood", "bottle", "zipper"]
     assert [data.group(c) for c in data.categories()] == ["texture", "texture", "object", "object"]
     assert len(CATEGORIES) == 15
+    assert known_categories(data) == list(CATEGORIES)  # what the paper's means are over, present or not
+    assert Counter(data.group(c) for c in known_categories(data)) == {"texture": 5, "object": 10}
 
 
 def test_train_split_samples(bottle):

@@ -9,7 +9,6 @@ instantiated), and the category lists come from the plugins' own constants.
 from __future__ import annotations
 
 import os
-import re
 import subprocess
 import sys
 from pathlib import Path

@@ -13,7 +13,7 @@ from anombench.api import Batch, ComposedFromSharedSteps, Scores
 from anombench.errors import UserError
 from anombench.plugins import Registered, Registry
 from anombench.report import write_tables
-from anombench.results import RunStore, load_cells
+from anombench.results import RunStore, load_cells, load_provenance
 from anombench.runner import RunOptions, run_suite
 from anombench.suite import build_suite
 
@@ -119,7 +119,12 @@ def test_a_failing_cell_is_recorded_and_the_suite_goes_on(tmp_path, test_registr
     assert "Traceback" in bad["traceback"]
     assert good["status"] == "ok"
     write_tables(tmp_path / "run")
-    assert "FAILED cells (1): bad|synthetic|disc|0 (RuntimeError: boom in fit)" in (tmp_path / "run" / "table.md").read_text()
+    table = (tmp_path / "run" / "table.md").read_text()
+    assert "FAILED cells (1): bad|synthetic|disc|0 (RuntimeError: boom in fit)" in table
+    # one of the dataset's four classes ran: its means are labelled as such, not passed off as the 4-class means
+    assert load_provenance(tmp_path / "run")["group_sizes"] == {"synthetic": {"texture": 2, "object": 2}}
+    rows = [line.split("|")[1].strip() for line in table.splitlines() if line.startswith("| ")]
+    assert rows == ["category", "disc", "objects (1/2)", "all (1/4)"]
 
 
 def test_shared_group_extracts_once_and_equals_running_alone(tmp_path, test_registry):

@@ -98,6 +98,31 @@ def test_bad_parameters_are_user_errors(params: dict) -> None:
         SPADE(**(TINY | params), device="cpu", seed=0)
 
 
+@pytest.mark.parametrize("index", ["ivf", "hnsw"])  # "flat" is the conformance check's
+def test_saved_approximate_indexes_score_identically(train, test_batch, tmp_path, index: str) -> None:
+    """The loaded model holds the same faiss structures (serialised, not rebuilt), so its scores are identical."""
+    method = SPADE(**(TINY | {"index": index, "nlist": 4}), device="cpu", seed=0)
+    method.fit(iter(train))
+    method.save(tmp_path / "spade.safetensors")
+    loaded = SPADE.load(tmp_path / "spade.safetensors")
+    before, after = method.score_maps(test_batch), loaded.score_maps(test_batch)
+    assert loaded.index_kind == index and loaded.model_bytes() == method.model_bytes()
+    assert np.array_equal(before.maps, after.maps) and np.array_equal(before.image_scores, after.image_scores)
+
+
+def test_loading_another_models_file_is_a_user_error(tmp_path) -> None:
+    from anombench_plugins.padim import PaDiM  # a PaDiM file is a valid model file of another kind
+
+    padim = PaDiM(backbone="resnet18", weights="none", n_features=8, device="cpu", seed=0)
+    padim.fit(iter(tiny_batches(1, 4, 64, seed=1, anomalous=False)))
+    padim.save(tmp_path / "padim.safetensors")
+    with pytest.raises(UserError, match="is not a saved spade model"):
+        SPADE.load(tmp_path / "padim.safetensors")
+    (tmp_path / "junk").write_bytes(b"not a model")
+    with pytest.raises(UserError, match="is not a safetensors model file"):
+        SPADE.load(tmp_path / "junk")
+
+
 # ---------------------------------------------------------------------------------------------- approximate search
 
 

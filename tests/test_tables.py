@@ -63,3 +63,19 @@ def test_raw_units_and_reference_only_columns():
     wide = wide_table(long_table(frame, spec, reference), spec)
     assert wide.loc["bottle"].to_dict() == {"padim": "0.023", "padim paper": "0.030", "padim diff": "-0.007",
                                             "SPADE (paper only)": "0.339"}
+
+
+def test_a_mean_over_some_classes_is_labelled_and_not_set_against_the_papers():
+    """A run narrowed to bottle: its 'all' is a mean over 1 of 15 classes, so it is shown as 'all (1/15)' with no
+    diff, and the paper's 15-class mean stays on its own 'all' row."""
+    frame = cells([("padim", "mvtec", "bottle", "object", 0, 0.98, 0.94)])
+    reference = {"values": {"padim": {"bottle": [98.1, 93.9], "objects": [97.0, 90.0], "all": [97.5, 92.1]}}}
+    sizes = {"mvtec": {"texture": 5, "object": 10}}
+    long = long_table(frame, SPEC, reference, group_sizes=sizes)
+    wide = wide_table(long, SPEC)
+    assert list(wide.index) == ["bottle", "objects (1/10)", "objects", "all (1/15)", "all"]
+    assert wide.loc["all (1/15)"].to_dict() == {"padim": "(98.0, 94.0)", "padim paper": "", "padim diff": ""}
+    assert wide.loc["all"].to_dict() == {"padim": "", "padim paper": "(97.5, 92.1)", "padim diff": ""}
+    assert wide.loc["bottle", "padim diff"] == "(-0.1, +0.1)"
+    complete = long_table(frame, SPEC, reference, group_sizes={"mvtec": {"object": 1}})
+    assert set(complete["category"]) == {"bottle", "objects", "all"}  # every class the dataset has: plain labels

@@ -25,6 +25,17 @@ def test_vae_conforms() -> None:
     check_method(VAE, params=SMALL)
 
 
+def test_a_saved_vae_keeps_its_settings_and_training_history(tmp_path: Path) -> None:
+    method = VAE(**(SMALL | {"epochs": 2}), device="cpu", seed=3)
+    method.fit(iter(tiny_batches(1, 4, 64, seed=1, anomalous=False)))
+    method.save(tmp_path / "vae.safetensors")
+    loaded = VAE.load(tmp_path / "vae.safetensors")
+    assert loaded.settings == method.settings and loaded.epochs == 2
+    assert loaded.epoch == 2 and loaded.history == method.history
+    batch = tiny_batches(1, 2, 64, seed=2, anomalous=True)[0]
+    assert np.array_equal(loaded.score_maps(batch).maps, method.score_maps(batch).maps)
+
+
 def test_vae_is_registered(registry) -> None:
     assert registry.get("method", "vae").factory is VAE
 

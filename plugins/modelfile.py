@@ -1,0 +1,37 @@
+"""Fitted models as one safetensors file: tensors, plus the configuration as JSON metadata under a kind tag.
+
+safetensors holds plain tensors only, so loading a model file never runs code from it (unlike a pickle), and the
+kind tag ("anombench.padim", "anombench.spade", ...) turns "this file is some other model" into a one-line error.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+
+from anombench.errors import UserError
+
+
+def write_model_file(path: str | Path, kind: str, config: dict[str, Any], state: dict[str, torch.Tensor]) -> None:
+    """Write ``state`` (contiguous CPU tensors are made here) with ``config`` as the JSON metadata of ``kind``."""
+    tensors = {name: tensor.detach().cpu().contiguous() for name, tensor in state.items()}
+    save_file(tensors, str(path), metadata={kind: json.dumps(config)})
+
+
+def read_model_file(path: str | Path, kind: str) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """The configuration and tensors of a file written by ``write_model_file``; a UserError if it is not one."""
+    if not Path(path).is_file():
+        raise UserError(f"model file '{path}' does not exist")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            metadata = f.metadata() or {}
+    except Exception as exc:  # safetensors raises its own error types for a file that is not one
+        raise UserError(f"'{path}' is not a safetensors model file ({type(exc).__name__}: {exc})") from None
+    if kind not in metadata:
+        raise UserError(f"'{path}' is not a saved {kind.split('.')[-1]} model (no '{kind}' metadata)")
+    return json.loads(metadata[kind]), load_file(str(path))
