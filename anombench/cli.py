@@ -20,7 +20,8 @@ EPILOG_RUN = """examples:
   anombench run suites/table3.yaml --data mvtec=/data/mvtec_ad --set categories=[bottle]
   bash benchmarks/table3_bottle.sh     # table3 on one class with EfficientNet-Lite0 in place of the ResNets (offline)
   anombench run suites/table1.yaml --out results/runs/t1 --resume      # continue a killed run
-shorthands for --set: categories, image_size, backbone, batch_size, workers, seeds;
+shorthands for --set: categories, image_size, backbone, batch_size, workers, seeds,
+datasets=[ALIAS, ...] and methods=[NAME, ...] (keep only those of the suite);
 any other key as a dotted path: --set methods.padim-r18.params.n_features=50"""
 
 

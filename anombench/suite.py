@@ -43,6 +43,8 @@ SHORTHANDS = {
     "batch_size": "run.batch_size",
     "workers": "run.workers",
     "seeds": "seeds",
+    "datasets": "a list keeps only those dataset aliases",
+    "methods": "a list keeps only those method variants",
 }
 
 
@@ -138,6 +140,15 @@ def _set_dotted(doc: dict[str, Any], dotted: str, value: Any) -> None:
     node[parts[-1]] = value
 
 
+def _narrowed(key: str, entries: dict[str, Any], keep: list[str]) -> dict[str, Any]:
+    """``--set datasets=[mvtec]``: the suite's entries named in ``keep``, in the suite's order."""
+    unknown = [name for name in keep if name not in entries]
+    if unknown or not keep:
+        raise UserError(f"--set {key}={keep}: {unknown or 'an empty list'} not in the suite; "
+                        f"its {key}: {', '.join(entries)}")
+    return {name: spec for name, spec in entries.items() if name in keep}
+
+
 def apply_overrides(doc: dict[str, Any], overrides: list[tuple[str, Any]], data_roots: dict[str, str],
                     has_backbone: Callable[[str], bool] = lambda plugin: True) -> dict[str, Any]:
     """Apply ``--set`` overrides (shorthands or dotted paths) and ``--data plugin=root`` to a loaded suite.
@@ -154,6 +165,8 @@ def apply_overrides(doc: dict[str, Any], overrides: list[tuple[str, Any]], data_
                     spec.setdefault("params", {})["backbone"] = value
         elif key in ("batch_size", "workers"):
             doc.setdefault("run", {})[key] = value
+        elif key in ("datasets", "methods") and isinstance(value, list):
+            doc[key] = _narrowed(key, doc.get(key) or {}, [str(v) for v in value])
         elif "." in key or key in TOP_LEVEL_KEYS:
             _set_dotted(doc, key, value)
         else:

@@ -106,6 +106,15 @@ def test_overrides_shorthands_and_dotted_paths(tmp_path, registry):
     assert suite.methods[0].params["min_std"] == 0.2
 
 
+def test_datasets_and_methods_shorthands_keep_the_listed_entries():
+    """Table VIII without STC on disk: --set datasets=[mvtec] keeps the suite's MVTec AD part alone."""
+    doc = {"datasets": {"mvtec": {}, "stc": {}}, "methods": {"a": {}, "b": {}, "c": {}}}
+    out = apply_overrides(doc, [("datasets", ["mvtec"]), ("methods", ["c", "a"])], {})
+    assert list(out["datasets"]) == ["mvtec"] and list(out["methods"]) == ["a", "c"]  # the suite's order
+    with pytest.raises(UserError, match=r"--set methods=\['z'\]: \['z'\] not in the suite; its methods: a, b, c"):
+        apply_overrides(doc, [("methods", ["z"])], {})
+
+
 def test_override_errors(registry):
     with pytest.raises(UserError, match="expected KEY=VALUE"):
         parse_override("categories")
