@@ -23,6 +23,7 @@ import pandas as pd  # noqa: E402
 
 from anombench.report import failed_cells, overrides_notice, provenance_markdown, read_run_table  # noqa: E402
 from anombench.results import RunStore  # noqa: E402
+from anombench.suite import TableSpec  # noqa: E402
 from anombench.tables import wide_table  # noqa: E402
 
 KINDS = {"best": "best: top anomalies", "missed": "missed: lowest anomalies",
@@ -36,6 +37,7 @@ th:first-child, td:first-child { text-align: left; }
 img { display: block; max-width: 100%; height: auto; margin: 0.5em 0; }
 h2 { border-bottom: 2px solid #ddd; padding-bottom: 0.2em; margin-top: 1.5em; }
 .failed { color: #b00020; }
+.ref { color: #666; }
 """
 
 
@@ -135,6 +137,28 @@ def _markdown_list_to_html(text: str) -> str:
     return "<ul>" + "".join(f"<li>{html.escape(item).replace('**', '')}</li>" for item in items) + "</ul>"
 
 
+def stacked_table_html(wide: pd.DataFrame, spec: TableSpec) -> str:
+    """The paper-layout table with one column per method: each cell holds ours, and beneath it in small type the
+    paper's figure and the difference. The markdown's separate 'paper' and 'diff' columns make Table III 15
+    columns wide; stacked, it fits a page without scrolling sideways."""
+    if wide.empty:
+        return "<p>no finished cells</p>"
+    frame = wide.T if spec.rows == "method" else wide  # categories down, wide_table's columns across
+    methods = [c for c in frame.columns if not c.endswith((" paper", " diff"))]
+    stacked = pd.DataFrame(index=frame.index, columns=methods, dtype=object)
+    for category in frame.index:
+        for method in methods:
+            ours, paper = frame.at[category, method], frame.get(f"{method} paper", {}).get(category, "")
+            cell = html.escape(ours)
+            if paper:
+                diff = frame.at[category, f"{method} diff"]
+                cell += f'<br><small class="ref">paper {html.escape(paper)}' + \
+                        (f" &Delta; {html.escape(diff)}" if diff else "") + "</small>"
+            stacked.at[category, method] = cell
+    stacked.columns = [html.escape(str(c)) for c in stacked.columns]
+    return (stacked.T if spec.rows == "method" else stacked).to_html(escape=False)
+
+
 def render_html(run_dir: str | Path) -> str:
     run_dir = Path(run_dir)
     table = read_run_table(run_dir)
@@ -145,7 +169,7 @@ def render_html(run_dir: str | Path) -> str:
              f"<p>{html.escape(str(doc.get('description') or ''))}</p>",
              f'<p class="failed">{html.escape(overrides_notice(run_dir).replace("**", "").replace("`", ""))}</p>',
              "<h2>Table</h2>",
-             f'<div class="scroll">{wide.to_html(escape=True) if not wide.empty else "<p>no finished cells</p>"}</div>',
+             f'<div class="scroll">{stacked_table_html(wide, spec)}</div>',
              f"<p>Cells: {html.escape(', '.join(spec.cell))} ({'%' if spec.percent else 'raw units'}); "
              f"{html.escape(str(reference.get('source') or ''))}</p>"]
     if spec.note:
