@@ -1,7 +1,12 @@
 """Measuring what a cell costs: wall time and peak memory (process RSS sampled in a thread, CUDA peak).
 
 Why sampling: ru_maxrss is a lifetime maximum and cannot be reset between cells of one process, so a thread
-samples the RSS of the process and its DataLoader workers every few milliseconds while a cell runs.
+samples the RSS of the process every few milliseconds while a cell runs.
+
+DataLoader workers are forked: right after the fork a worker's RSS already counts every page it shares with the
+parent (a 2 GB parent gives a 2 GB child that has allocated nothing), so adding the workers' RSS counts the
+parent twice. A worker's own cost is its USS (pages no other process maps), read from smaps: milliseconds per
+read for a large address space, so the workers are sampled less often than the process itself.
 """
 
 from __future__ import annotations
@@ -16,15 +21,16 @@ import psutil
 import torch
 
 GB = 1e9
+CHILDREN_INTERVAL = 0.25  # seconds between two reads of the workers' USS
 
 
-def rss_bytes(process: psutil.Process) -> int:
-    """Resident memory of a process and its children (DataLoader workers are part of the cost)."""
-    total = process.memory_info().rss
+def children_uss(process: psutil.Process) -> int:
+    """Memory that the children (DataLoader workers) hold on their own, not shared with this process."""
+    total = 0
     for child in process.children(recursive=True):
         try:
-            total += child.memory_info().rss
-        except psutil.Error:
+            total += child.memory_full_info().uss
+        except psutil.Error:  # a worker that ended, or one we may not read
             continue
     return total
 
@@ -42,12 +48,19 @@ class PeakMemory:
         self._thread = threading.Thread(target=self._sample, daemon=True)
 
     def _sample(self) -> None:
+        children, next_children_read = 0, 0.0
         while not self._stop.is_set():
-            self.peak_rss = max(self.peak_rss, rss_bytes(self._process))
+            if time.monotonic() >= next_children_read:
+                children, next_children_read = children_uss(self._process), time.monotonic() + CHILDREN_INTERVAL
+            self.peak_rss = max(self.peak_rss, self._process.memory_info().rss + children)
             self._stop.wait(self.interval)
 
+    def current(self) -> int:
+        """This process's RSS plus what its workers hold on their own (bytes)."""
+        return self._process.memory_info().rss + children_uss(self._process)
+
     def __enter__(self) -> "PeakMemory":
-        self.start_rss = self.peak_rss = rss_bytes(self._process)
+        self.start_rss = self.peak_rss = self.current()
         if self.device.startswith("cuda"):
             torch.cuda.reset_peak_memory_stats()
         self._thread.start()
@@ -56,7 +69,7 @@ class PeakMemory:
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join()
-        self.peak_rss = max(self.peak_rss, rss_bytes(self._process))
+        self.peak_rss = max(self.peak_rss, self.current())
         if self.device.startswith("cuda"):
             self.peak_cuda = float(torch.cuda.max_memory_allocated())
 
