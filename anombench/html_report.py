@@ -155,8 +155,10 @@ def stacked_table_html(wide: pd.DataFrame, spec: TableSpec) -> str:
                 cell += f'<br><small class="ref">paper {html.escape(paper)}' + \
                         (f" &Delta; {html.escape(diff)}" if diff else "") + "</small>"
             stacked.at[category, method] = cell
-    stacked.columns = [html.escape(str(c)) for c in stacked.columns]
-    return (stacked.T if spec.rows == "method" else stacked).to_html(escape=False)
+    out = stacked.T if spec.rows == "method" else stacked
+    out.columns = pd.Index([html.escape(str(c)) for c in out.columns], name=out.index.name)  # one header row
+    out.index.name = None
+    return out.to_html(escape=False)
 
 
 def render_html(run_dir: str | Path) -> str:
