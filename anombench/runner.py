@@ -16,8 +16,8 @@ import sys
 import traceback
 from collections import Counter
 from dataclasses import dataclass, field
-from functools import partial
 from datetime import datetime, timezone
+from functools import partial
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
