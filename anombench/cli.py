@@ -42,6 +42,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     from anombench.runner import RunOptions, default_run_dir, resolve_device, run_suite
     from anombench.suite import load_suite
 
+    if args.threads < 0:
+        raise UserError(f"--threads must be 0 (torch's choice) or more, got {args.threads}")
     reg = registry()
     suite = load_suite(args.suite, reg, args.set, _parse_data_roots(args.data))
     if args.resume and not args.out:

@@ -36,7 +36,12 @@ def compare_runs(run_dir: str, baseline_dir: str, tolerance: float, registry: Re
     """Every (baseline cell, gated metric): verdict 'ok', 'better', 'REGRESSION' (below baseline - tolerance),
     'MISSING' (no finished cell in the run) or 'FAILED' (the run's cell failed)."""
     run, base = load_cells(run_dir).set_index("cell"), load_cells(baseline_dir).set_index("cell")
-    chosen = set(metrics) if metrics else gated_metrics(registry)
+    gated = gated_metrics(registry)
+    not_quality = sorted(set(metrics or []) - gated)
+    if not_quality:  # a faster run would read as a drop: time and memory are reported, never gated
+        raise UserError(f"--metrics {', '.join(not_quality)}: only quality metrics (higher is better) can be gated; "
+                        f"these are: {', '.join(sorted(gated))}")
+    chosen = set(metrics) if metrics else gated
     rows = []
     for cell, expected in base[base["status"] == "ok"].iterrows():
         names = sorted(m for m in chosen if m in base.columns and pd.notna(expected.get(m)))

@@ -145,6 +145,17 @@ def cores_per_worker(workers: int) -> int:
     return max(1, available_cores() // workers)
 
 
+def completed_polling(futures: list[concurrent.futures.Future], interval: float = 0.5) -> Iterator[Any]:
+    """Futures as they finish, like ``as_completed``, but waking every ``interval`` seconds: a Ctrl-C whose signal
+    the kernel hands to another thread is only seen when the main thread runs Python code again, and an
+    unbounded wait would put that off until a cell finishes."""
+    pending = set(futures)
+    while pending:
+        done, pending = concurrent.futures.wait(pending, timeout=interval,
+                                                return_when=concurrent.futures.FIRST_COMPLETED)
+        yield from done
+
+
 def process_pool_executor(jobs: int) -> Executor:
     """``--jobs N``: N fresh processes on this machine, each with an equal share of the cores for torch.
 
@@ -160,7 +171,11 @@ def process_pool_executor(jobs: int) -> Executor:
         with concurrent.futures.ProcessPoolExecutor(jobs, mp_context=context, initializer=torch.set_num_threads,
                                                     initargs=(cores_per_worker(jobs),)) as pool:
             futures = {pool.submit(run_task, task): task for task in tasks}
-            stream(futures, concurrent.futures.as_completed(futures), on_records)
+            try:
+                stream(futures, completed_polling(list(futures)), on_records)
+            except BaseException:  # Ctrl-C or a store error: the queued cells must not run on with nobody storing
+                pool.shutdown(wait=False, cancel_futures=True)
+                raise
     return run
 
 

@@ -157,7 +157,7 @@ def stacked_table_html(wide: pd.DataFrame, spec: TableSpec) -> str:
             stacked.at[category, method] = cell
     out = stacked.T if spec.rows == "method" else stacked
     out.columns = pd.Index([html.escape(str(c)) for c in out.columns], name=out.index.name)  # one header row
-    out.index.name = None
+    out.index = pd.Index([html.escape(str(i)) for i in out.index])
     return out.to_html(escape=False)
 
 

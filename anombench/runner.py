@@ -7,6 +7,7 @@ runs in-process, in a process pool or on a Dask worker; the caller alone writes 
 
 from __future__ import annotations
 
+import fcntl
 import json
 import multiprocessing
 import os
@@ -15,6 +16,7 @@ import subprocess
 import sys
 import traceback
 from collections import Counter
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from functools import partial
@@ -32,8 +34,11 @@ from anombench.errors import UserError
 from anombench.examples import ExampleKeeper
 from anombench.plugins import Registry, registry as default_registry
 from anombench.resources import GB, PeakMemory, Stopwatch, release_memory
-from anombench.results import ARTIFACTS, RunStore, write_atomic, write_json
+from anombench.results import ARTIFACTS, RunStore, load_provenance, write_atomic, write_json
 from anombench.suite import Cell, DatasetSpec, MethodSpec, Suite, expand
+
+LOCK = ".lock"  # in a run directory: held by the one process writing it
+
 
 @dataclass(frozen=True)
 class RunOptions:
@@ -304,14 +309,22 @@ class Plan:
     group_sizes: dict[str, dict[str, int]]  # dataset alias -> group -> how many categories the dataset has in it
 
 
-def plan(suite: Suite, registry: Registry, skip: set[str], options: RunOptions) -> Plan:
+def open_datasets(suite: Suite, registry: Registry) -> tuple[dict[str, Dataset], dict[str, list[str]]]:
+    """The suite's datasets and the categories to run of each: a missing dataset or category is a UserError here,
+    before anything is written."""
+    datasets = {spec.alias: instantiate_dataset(spec, registry) for spec in suite.datasets}
+    return datasets, resolve_categories(suite, datasets)
+
+
+def plan(suite: Suite, registry: Registry, skip: set[str], options: RunOptions,
+         opened: tuple[dict[str, Dataset], dict[str, list[str]]] | None = None) -> Plan:
     """Group the suite's cells into tasks: per (dataset, category, seed), methods that report the same
     ``feature_key`` go together; the others run alone. Cells in ``skip`` (finished) are left out.
 
     Feature keys are asked of methods built on the CPU, so a client without the run's GPU (a Dask client) still
-    groups the cells that share an extraction."""
-    datasets = {spec.alias: instantiate_dataset(spec, registry) for spec in suite.datasets}
-    cells = expand(suite, resolve_categories(suite, datasets))
+    groups the cells that share an extraction. ``opened``: ``open_datasets``' result, when already made."""
+    datasets, categories_of = opened or open_datasets(suite, registry)
+    cells = expand(suite, categories_of)
     keys = _feature_keys(suite, registry, "cpu")
     tasks = []
     by_alias = {spec.alias: spec for spec in suite.datasets}
@@ -427,15 +440,78 @@ def run_suite(suite: Suite, out: Path, options: RunOptions, resume: bool = False
               on_change: Callable[[RunStore], None] | None = None) -> RunStore:
     """Run every cell not yet finished in ``out``; store each group's records the moment they arrive."""
     registry = registry or default_registry()
-    if out.exists() and any(out.iterdir()) and not resume:
+    if out.exists() and any(p.name != LOCK for p in out.iterdir()) and not resume:
         raise UserError(f"{out}: run directory exists and is not empty; pass --resume to continue it or choose --out")
+    opened = open_datasets(suite, registry)  # no data, no run directory
+    out.mkdir(parents=True, exist_ok=True)
+    with exclusive_writer(out):
+        return _run_locked(suite, out, options, resume, registry, executor, on_change, opened)
+
+
+@contextmanager
+def exclusive_writer(out: Path) -> Iterator[None]:
+    """Hold an advisory lock on the run directory: two writers would each rewrite cells.jsonl from their own
+    records (losing the other's cells) and delete each other's temporaries."""
+    with open(out / LOCK, "w") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise UserError(f"{out}: another anombench run is writing this run directory; wait for it or choose "
+                            "another --out") from None
+        yield
+
+
+def _leaves(node: Any, prefix: str = "") -> dict[str, Any]:
+    """A nested mapping as {dotted.key: value}."""
+    if isinstance(node, dict) and node:
+        return {key: value for k, v in node.items() for key, value in _leaves(v, f"{prefix}{k}.").items()}
+    return {prefix[:-1]: node}
+
+
+def changed_cell_settings(before: dict[str, Any], now: dict[str, Any]) -> list[str]:
+    """The settings of methods and datasets present in both suites that differ ("key: old -> new").
+
+    Which cells a suite has (categories, seeds, adding or dropping a method) may change on --resume: the finished
+    cells stay valid. A method's or dataset's parameters may not, or the table would mix two setups under one
+    name; a dataset's root may (data moved, same data)."""
+    changes = []
+    for section in ("methods", "datasets"):
+        old, new = before.get(section) or {}, now.get(section) or {}
+        for name in old.keys() & new.keys():
+            a, b = _leaves(old[name] or {}), _leaves(new[name] or {})
+            for key in sorted(a.keys() | b.keys()):
+                if key not in ("categories", "params.root") and not key.startswith("categories.") \
+                        and a.get(key) != b.get(key):
+                    changes.append(f"{section}.{name}.{key}: {a.get(key)} -> {b.get(key)}")
+    return changes
+
+
+def _check_resumable(out: Path, suite: Suite) -> None:
+    stored = out / "suite.yaml"
+    if not stored.is_file():
+        return
+    changes = changed_cell_settings(yaml.safe_load(stored.read_text()) or {},
+                                    yaml.safe_load(yaml.safe_dump(suite.source)))
+    if changes:
+        raise UserError(f"{out}: cannot --resume with other settings than the run's ({'; '.join(changes)}); "
+                        "resume with the same settings or choose another --out")
+
+
+def _run_locked(suite: Suite, out: Path, options: RunOptions, resume: bool, registry: Registry,
+                executor: Executor | None, on_change: Callable[[RunStore], None] | None,
+                opened: tuple[dict[str, Dataset], dict[str, list[str]]]) -> RunStore:
+    if resume:
+        _check_resumable(out, suite)
     store = RunStore(out)
     store.discard_stale_temporaries()
     if options.threads:
         torch.set_num_threads(options.threads)
-    planned = plan(suite, registry, store.finished() if resume else set(), options)
-    write_json(out / "run.json", provenance(suite, options, registry) | {"grid": planned.grid,
-                                                                        "group_sizes": planned.group_sizes})
+    planned = plan(suite, registry, store.finished() if resume else set(), options, opened)
+    info = provenance(suite, options, registry) | {"grid": planned.grid, "group_sizes": planned.group_sizes}
+    previous = load_provenance(out) if resume and (out / "run.json").is_file() else {}
+    if previous.get("started_at"):
+        info |= {"started_at": previous["started_at"], "resumed_at": info["started_at"]}
+    write_json(out / "run.json", info)
     write_atomic(out / "suite.yaml", yaml.safe_dump(suite.source, sort_keys=False))
     total = sum(len(t.methods) for t in planned.tasks)
     bar = tqdm(total=total, desc=suite.name, unit="cell", disable=not options.show_progress)

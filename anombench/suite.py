@@ -36,6 +36,7 @@ TOP_LEVEL_KEYS = ("name", "description", "datasets", "methods", "metrics", "seed
 RUN_KEYS = {"batch_size": int, "workers": int}
 TABLE_KEYS = ("rows", "columns", "cell", "percent", "aggregates", "title", "note")
 AGGREGATES = ("textures", "objects", "all")
+ENTRY_SECTIONS = ("datasets", "methods")  # mappings of named entries
 SHORTHANDS = {
     "categories": "every dataset's categories",
     "image_size": "every dataset's params.image_size",
@@ -128,8 +129,13 @@ def parse_override(text: str) -> tuple[str, Any]:
 
 
 def _set_dotted(doc: dict[str, Any], dotted: str, value: Any) -> None:
+    """Set a dotted path, creating mappings on the way, except a method or dataset entry: a misspelt or dropped
+    name would otherwise come back as a new entry with the plugin's defaults."""
     node = doc
     parts = dotted.split(".")
+    if parts[0] in ENTRY_SECTIONS and len(parts) > 2 and parts[1] not in _section(doc, parts[0]):
+        raise UserError(f"--set {dotted}: no {parts[0][:-1]} '{parts[1]}' in the suite; its {parts[0]}: "
+                        f"{', '.join(_section(doc, parts[0])) or 'none'}")
     for part in parts[:-1]:
         child = node.get(part)
         if child is None:
@@ -138,6 +144,13 @@ def _set_dotted(doc: dict[str, Any], dotted: str, value: Any) -> None:
             raise UserError(f"--set {dotted}: '{part}' is not a mapping in the suite")
         node = child
     node[parts[-1]] = value
+
+
+def _section(doc: dict[str, Any], section: str) -> dict[str, Any]:
+    """The suite's ``datasets`` or ``methods`` mapping to edit in place; {} when it is missing or malformed (then
+    build_suite reports it on one line)."""
+    entries = doc.get(section)
+    return entries if isinstance(entries, dict) else {}
 
 
 def _narrowed(key: str, entries: dict[str, Any], keep: list[str]) -> dict[str, Any]:
@@ -154,27 +167,31 @@ def apply_overrides(doc: dict[str, Any], overrides: list[tuple[str, Any]], data_
     """Apply ``--set`` overrides (shorthands or dotted paths) and ``--data plugin=root`` to a loaded suite.
     The ``backbone`` shorthand reaches only methods whose plugin ``has_backbone`` (a VAE has none)."""
     doc = copy.deepcopy(doc)
+    for section in ENTRY_SECTIONS:  # "padim:" with no value is an entry with defaults: make it a mapping to edit
+        entries = _section(doc, section)
+        entries.update({name: {} for name, spec in entries.items() if spec is None})
     for key, value in overrides:
         if key in ("categories", "image_size"):
-            for spec in (doc.get("datasets") or {}).values():
-                target = spec if key == "categories" else spec.setdefault("params", {})
-                target[key] = value
+            for spec in _section(doc, "datasets").values():
+                if isinstance(spec, dict):
+                    target = spec if key == "categories" else spec.setdefault("params", {})
+                    target[key] = value
         elif key == "backbone":
-            for name, spec in (doc.get("methods") or {}).items():
-                if has_backbone(str((spec or {}).get("plugin", name))):
+            for name, spec in _section(doc, "methods").items():
+                if isinstance(spec, dict) and has_backbone(str(spec.get("plugin", name))):
                     spec.setdefault("params", {})["backbone"] = value
         elif key in ("batch_size", "workers"):
             doc.setdefault("run", {})[key] = value
         elif key in ("datasets", "methods") and isinstance(value, list):
-            doc[key] = _narrowed(key, doc.get(key) or {}, [str(v) for v in value])
+            doc[key] = _narrowed(key, _section(doc, key), [str(v) for v in value])
         elif "." in key or key in TOP_LEVEL_KEYS:
             _set_dotted(doc, key, value)
         else:
             listed = ", ".join(f"{k} ({v})" for k, v in SHORTHANDS.items())
             raise UserError(f"--set {key}: unknown key; use a dotted path such as methods.NAME.params.KEY or one of: {listed}")
-    for alias, spec in (doc.get("datasets") or {}).items():
+    for alias, spec in _section(doc, "datasets").items():
         plugin = spec.get("plugin", alias) if isinstance(spec, dict) else alias
-        if plugin in data_roots or alias in data_roots:
+        if isinstance(spec, dict) and (plugin in data_roots or alias in data_roots):
             spec.setdefault("params", {})["root"] = data_roots.get(alias, data_roots.get(plugin))
     return doc
 

@@ -29,20 +29,27 @@ REFERENCE_KEYS = ("source", "values", "only")
 
 def mean_over_seeds(cells: pd.DataFrame, metrics: list[str]) -> pd.DataFrame:
     """Successful cells averaged over seeds (Rd-MVTec AD reports the mean of five): one row per
-    (method, dataset, category, group)."""
+    (method, dataset, category, group), with the number of seeds averaged in ``seeds``."""
     ok = cells[cells["status"] == "ok"]
     present = [m for m in metrics if m in ok.columns]
+    columns = ["method", "dataset", "category", "group", "seeds", *metrics]
     if ok.empty or not present:
-        return pd.DataFrame(columns=["method", "dataset", "category", "group", *metrics])
-    means = ok.groupby(["method", "dataset", "category", "group"], sort=False)[present].mean().reset_index()
-    return means.reindex(columns=["method", "dataset", "category", "group", *metrics])
+        return pd.DataFrame(columns=columns)
+    grouped = ok.groupby(["method", "dataset", "category", "group"], sort=False)
+    means = grouped[present].mean().assign(seeds=grouped.size()).reset_index()
+    return means.reindex(columns=columns)
 
 
-def aggregate_label(name: str, dataset: str, several_datasets: bool, covered: int = 0, total: int = 0) -> str:
-    """'all', or 'mvtec:all' when the table holds several datasets (Table VIII: MVTec AD and STC); 'all (1/15)'
-    when the mean covers only some of the classes the paper averages (then no paper figure is set beside it)."""
+def aggregate_label(name: str, dataset: str, several_datasets: bool, covered: int = 0, total: int = 0,
+                    seeds_done: int = 1, seeds: int = 1) -> str:
+    """'all', or 'mvtec:all' when the table holds several datasets (Table VIII: MVTec AD and STC). A mean over
+    only some of the classes the paper averages, or over fewer seeds than the suite's, says so: 'all (1/15)',
+    'all (15/15, 1/5 seeds)'; no paper figure is then set beside it."""
     label = f"{dataset}:{name}" if several_datasets else name
-    return f"{label} ({covered}/{total})" if covered < total else label
+    if covered >= total and seeds_done >= seeds:
+        return label
+    notes = ([f"{covered}/{total}"] if total else []) + ([f"{seeds_done}/{seeds} seeds"] if seeds_done < seeds else [])
+    return f"{label} ({', '.join(notes)})"
 
 
 def is_aggregate(label: str) -> bool:
@@ -50,10 +57,11 @@ def is_aggregate(label: str) -> bool:
 
 
 def with_aggregates(per_class: pd.DataFrame, metrics: list[str], aggregates: list[str], several_datasets: bool,
-                    group_sizes: dict[str, dict[str, int]] | None = None) -> pd.DataFrame:
+                    group_sizes: dict[str, dict[str, int]] | None = None, seeds: int = 1) -> pd.DataFrame:
     """Append the paper's group means (textures, objects, all) as extra 'category' rows per method and dataset,
-    over the classes that finished. ``group_sizes`` (dataset -> group -> number of classes it defines) marks a
-    mean over fewer classes than the dataset has, e.g. a run narrowed to bottle."""
+    over the classes that finished. ``group_sizes`` (dataset -> group -> number of classes it defines) and
+    ``seeds`` (the suite's number of seeds) mark a mean over fewer classes or seeds than the paper's, e.g. a run
+    narrowed to bottle or one killed after its first seed."""
     rows = [per_class]
     for name in aggregates:
         members = per_class[per_class["group"].isin(AGGREGATE_GROUPS[name])]
@@ -61,10 +69,10 @@ def with_aggregates(per_class: pd.DataFrame, metrics: list[str], aggregates: lis
             continue
         grouped = members.groupby(["method", "dataset"], sort=False)
         means = grouped[metrics].mean().reset_index()
-        covered = grouped["category"].nunique().to_numpy()
+        covered, seeds_done = grouped["category"].nunique().to_numpy(), grouped["seeds"].min().to_numpy()
         totals = [sum((group_sizes or {}).get(d, {}).get(g, 0) for g in AGGREGATE_GROUPS[name]) for d in means["dataset"]]
-        means["category"] = [aggregate_label(name, d, several_datasets, n, total)
-                             for d, n, total in zip(means["dataset"], covered, totals)]
+        means["category"] = [aggregate_label(name, d, several_datasets, n, total, int(done), seeds)
+                             for d, n, total, done in zip(means["dataset"], covered, totals, seeds_done)]
         means["group"] = "aggregate"
         rows.append(means)
     return pd.concat(rows, ignore_index=True)
@@ -76,17 +84,35 @@ def _as_list(value: Any) -> list[float]:
     return [float("nan") if value is None else float(value)]
 
 
+def for_one_dataset(figures: dict[str, dict[str, Any]], alias: str) -> dict[str, dict[str, Any]]:
+    """Reference figures of a several-dataset table run on one of its datasets (Table VIII without STC): that
+    dataset's 'mvtec:all' becomes the run's 'all'; the other datasets' figures are left out."""
+    out: dict[str, dict[str, Any]] = {}
+    for method, per_category in figures.items():
+        mine = out.setdefault(method, {})
+        for key, value in (per_category or {}).items():
+            dataset, _, name = key.rpartition(":")
+            if not dataset or dataset == alias:
+                mine.setdefault(name, value)
+    return out
+
+
 def long_table(cells: pd.DataFrame, spec: TableSpec, reference: dict[str, Any],
-               datasets: list[str] | None = None, group_sizes: dict[str, dict[str, int]] | None = None) -> pd.DataFrame:
+               datasets: list[str] | None = None, group_sizes: dict[str, dict[str, int]] | None = None,
+               seeds: int = 1) -> pd.DataFrame:
     """method, category, metric, ours, paper, diff, in display units (percent when ``spec.percent``).
 
     ``datasets``: the suite's dataset aliases (default: those in ``cells``); with several, aggregates are named
-    per dataset ('mvtec:all', 'stc:all') and reference figures are keyed the same way. ``group_sizes``: see
-    ``with_aggregates`` (the runner stores it in run.json)."""
+    per dataset ('mvtec:all', 'stc:all') and reference figures are keyed the same way. ``group_sizes`` and
+    ``seeds``: see ``with_aggregates`` (the runner stores both in run.json)."""
     scale = 100.0 if spec.percent else 1.0
-    several = len(datasets if datasets is not None else set(cells["dataset"])) > 1
-    per_class = with_aggregates(mean_over_seeds(cells, spec.cell), spec.cell, spec.aggregates, several, group_sizes)
-    values = reference.get("values") or {}
+    aliases = list(datasets) if datasets is not None else list(dict.fromkeys(cells["dataset"]))
+    several = len(aliases) > 1
+    per_class = with_aggregates(mean_over_seeds(cells, spec.cell), spec.cell, spec.aggregates, several, group_sizes,
+                                seeds)
+    values, only = reference.get("values") or {}, reference.get("only") or {}
+    if len(aliases) == 1:
+        values, only = for_one_dataset(values, aliases[0]), for_one_dataset(only, aliases[0])
     rows = []
     produced = set(zip(per_class["method"], per_class["category"]))
     for record in per_class.to_dict("records"):
@@ -102,7 +128,7 @@ def long_table(cells: pd.DataFrame, spec: TableSpec, reference: dict[str, Any],
                 for metric, ref in zip(spec.cell, _as_list(figures)):
                     rows.append({"method": method, "dataset": "", "category": category, "metric": metric,
                                  "ours": float("nan"), "paper": ref, "diff": float("nan"), "reference_only": False})
-    for method, per_category in (reference.get("only") or {}).items():
+    for method, per_category in only.items():
         for category, figures in per_category.items():
             for metric, ref in zip(spec.cell, _as_list(figures)):
                 rows.append({"method": method, "dataset": "", "category": category, "metric": metric,

@@ -574,7 +574,8 @@ class InferSecondsPerImage(ResourceMetric):
 
 
 class PeakRssGB(ResourceMetric):
-    """Peak resident memory of the process during the cell, in GB (1e9 bytes)."""
+    """Peak memory of the cell in GB (1e9 bytes): the process's resident memory plus what its DataLoader workers
+    hold on their own (their USS: a forked worker shares the parent's pages), sampled while the cell runs."""
 
     field = "peak_rss_gb"
 

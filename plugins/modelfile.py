@@ -8,13 +8,15 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, TypeVar
 
 import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from anombench.errors import UserError
+
+T = TypeVar("T")
 
 
 def write_model_file(path: str | Path, kind: str, config: dict[str, Any], state: dict[str, torch.Tensor]) -> None:
@@ -34,4 +36,17 @@ def read_model_file(path: str | Path, kind: str) -> tuple[dict[str, Any], dict[s
         raise UserError(f"'{path}' is not a safetensors model file ({type(exc).__name__}: {exc})") from None
     if kind not in metadata:
         raise UserError(f"'{path}' is not a saved {kind.split('.')[-1]} model (no '{kind}' metadata)")
-    return json.loads(metadata[kind]), load_file(str(path))
+    try:
+        config = json.loads(metadata[kind])
+    except json.JSONDecodeError as exc:
+        raise UserError(f"'{path}': the '{kind}' configuration is not valid JSON ({exc})") from None
+    return config, load_file(str(path))
+
+
+def build_from_config(path: str | Path, factory: Callable[..., T], config: dict[str, Any], **extra: Any) -> T:
+    """``factory(**config, **extra)``, with a configuration this version does not accept (a file written by
+    another version of the plugin) as a one-line error naming the file."""
+    try:
+        return factory(**config, **extra)
+    except TypeError as exc:
+        raise UserError(f"'{path}': its configuration does not fit this version of the model ({exc})") from None

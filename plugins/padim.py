@@ -42,7 +42,7 @@ from anombench import hookimpl
 from anombench.api import Batch, ComposedFromSharedSteps, Scores
 from anombench.errors import UserError
 from anombench_plugins.backbones import FeatureExtractor, FeatureMaps, LayerSpec
-from anombench_plugins.modelfile import read_model_file, write_model_file
+from anombench_plugins.modelfile import build_from_config, read_model_file, write_model_file
 
 Reduction = Literal["random", "pca", "none"]
 REDUCTIONS = ("random", "pca", "none")
@@ -566,7 +566,7 @@ class PadimMethod(ComposedFromSharedSteps):
     @classmethod
     def load(cls, path: str | Path, device: str = "cpu") -> PadimMethod:
         config, state = read_model_file(path, cls.KIND)
-        model = cls(**config, device=device)
+        model = build_from_config(path, cls, config, device=device)
         for i, head in enumerate(model.heads):
             head.load_state(state, f"head{i}.", model.extractor.device)
         return model

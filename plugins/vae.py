@@ -43,7 +43,7 @@ from anombench import hookimpl
 from anombench.api import Batch, Scores
 from anombench.errors import UserError
 from anombench_plugins.backbones import IMAGENET_MEAN, IMAGENET_STD, backbone_spec, backbone_units, load_backbone
-from anombench_plugins.modelfile import read_model_file, write_model_file
+from anombench_plugins.modelfile import build_from_config, read_model_file, write_model_file
 
 KIND = "anombench.vae"  # the model file's metadata tag
 STRIDE = 32  # ResNet-18's total downsampling: one latent position per 32x32 pixels
@@ -283,9 +283,9 @@ class VAE:
     @classmethod
     def load(cls, path: str | Path, device: str = "cpu") -> VAE:
         config, state = read_model_file(path, KIND)
-        trained_epochs, history = config.pop("trained_epochs"), config.pop("history")
+        trained_epochs, history = config.pop("trained_epochs", 0), config.pop("history", [])
         # every weight comes from the file: the encoder's initial weights (maybe an offline-missing file) are not read
-        method = cls(**(config | {"weights": "none"}), progress=False, device=device)
+        method = build_from_config(path, cls, config | {"weights": "none"}, progress=False, device=device)
         method.settings["weights"] = config["weights"]
         method.model.load_state_dict(state)
         method.model.eval()

@@ -95,6 +95,20 @@ def test_run_report_compare_end_to_end(site, tmp_path):
     (baseline / "cells.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
     worse = anombench("compare", "run", str(baseline), site=site, cwd=tmp_path)
     assert worse.returncode == 1 and "REGRESSION" in worse.stdout and records[0]["cell"] in worse.stdout
+    timed = anombench("compare", "run", "run", "--metrics", "fit_seconds", site=site, cwd=tmp_path)
+    assert timed.returncode == 2 and "only quality metrics (higher is better) can be gated" in timed.stderr
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--threads", "-1"], "--threads must be 0 (torch's choice) or more, got -1"),
+    (["--set", "methods.pgg.params.min_std=1"], "--set methods.pgg.params.min_std: no method 'pgg' in the suite; "
+                                                 "its methods: pg, pg-wide"),
+])
+def test_bad_run_options_are_one_line_and_exit_2(site, tmp_path, args, message):
+    suite = write_suite(tmp_path / "suite.yaml", ["disc"])
+    result = anombench("run", str(suite), "--out", "run", *args, site=site, cwd=tmp_path)
+    assert result.returncode == 2 and result.stderr.strip().splitlines() == [f"anombench: error: {message}"]
+    assert not (tmp_path / "run").exists()
 
 
 def test_bad_suite_is_one_line_and_exit_2(site, tmp_path):
@@ -134,3 +148,22 @@ def test_sigkill_mid_run_then_resume_keeps_finished_cells(site, tmp_path):
     for cell, record in before.items():
         assert after[cell]["finished_at"] == record["finished_at"], f"{cell} was recomputed"
     assert not list((tmp_path / "run").glob(".*.tmp")), "no temporary file may be left behind"
+
+
+def test_ctrl_c_with_a_process_pool_stops_at_the_running_cells(site, tmp_path):
+    """--jobs 2, eight slow cells: Ctrl-C while the first ones run must not go on to run the queued ones (whose
+    results nobody would store). At most jobs + 1 cells start: the pool hands one more to its call queue."""
+    markers = tmp_path / "markers"
+    suite = write_suite(tmp_path / "suite.yaml", ["stripes", "weave", "disc", "plate"], methods={
+        "slow": {"plugin": "slow_gaussian", "params": {"marker_dir": str(markers), "seconds": 4.0}}})
+    process = anombench("run", str(suite), "--out", "run", "--quiet", "--device", "cpu", "--jobs", "2",
+                        "--set", "seeds=[0, 1]", site=site, cwd=tmp_path,
+                        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not (markers.exists() and any(markers.iterdir())) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    time.sleep(1.0)  # both workers are in their first cell
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130 and "interrupted; finished cells are stored" in stderr
+    assert 1 <= len(list(markers.iterdir())) <= 3

@@ -14,7 +14,7 @@ from anombench.errors import UserError
 from anombench.plugins import Registered, Registry
 from anombench.report import write_tables
 from anombench.results import RunStore, load_cells, load_provenance
-from anombench.runner import RunOptions, run_suite
+from anombench.runner import RunOptions, exclusive_writer, run_suite
 from anombench.suite import build_suite
 
 QUIET = RunOptions(device="cpu", threads=2, show_progress=False)
@@ -153,6 +153,31 @@ def test_resume_skips_finished_cells_and_retries_failed(tmp_path, test_registry)
     resumed = run(suite_doc({"pg": {"plugin": "pixel_gaussian"}}, ["disc", "plate"]), out, test_registry, resume=True)
     assert resumed.records["pg|synthetic|disc|0"]["finished_at"] == stamp
     assert resumed.records["pg|synthetic|plate|0"]["status"] == "ok"
+
+
+def test_resume_refuses_other_settings_for_the_same_cells(tmp_path, test_registry):
+    """Resuming may add cells (categories, methods) but not change a finished cell's settings: the table would mix
+    two setups under one name. The first start time is kept."""
+    out = tmp_path / "run"
+    run(suite_doc({"pg": {"plugin": "pixel_gaussian"}}, ["disc"]), out, test_registry)
+    started = load_provenance(out)["started_at"]
+    changed = suite_doc({"pg": {"plugin": "pixel_gaussian", "params": {"min_std": 0.2}}}, ["disc"])
+    with pytest.raises(UserError, match=r"cannot --resume with other settings than the run's "
+                                        r"\(methods\.pg\.params\.min_std: None -> 0\.2\)"):
+        run(changed, out, test_registry, resume=True)
+    run(suite_doc({"pg": {"plugin": "pixel_gaussian"}, "pg2": {"plugin": "pixel_gaussian"}}, ["disc"]), out,
+        test_registry, resume=True)
+    info = load_provenance(out)
+    assert info["started_at"] == started and info["resumed_at"] >= started
+
+
+def test_a_second_writer_of_a_run_directory_is_refused(tmp_path, test_registry):
+    out = tmp_path / "run"
+    out.mkdir()
+    with exclusive_writer(out):  # as a live run holds it
+        with pytest.raises(UserError, match="another anombench run is writing this run directory"):
+            run(suite_doc({"pg": {"plugin": "pixel_gaussian"}}, ["disc"]), out, test_registry)
+    assert not (out / "cells.jsonl").exists()
 
 
 def test_unknown_category_is_one_line_before_any_work(tmp_path, test_registry):

@@ -8,10 +8,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 from scipy import ndimage
+from safetensors.torch import save_file
 from scipy.spatial.distance import cdist
 
 from anombench.conformance import check_method, tiny_batches
 from anombench.errors import UserError
+from anombench_plugins.modelfile import write_model_file
 from anombench_plugins.spade import SPADE, ExactGallery, build_gallery
 
 TINY = dict(backbone="resnet18", weights="none", k=3)  # random init: no weights file needed
@@ -121,6 +123,13 @@ def test_loading_another_models_file_is_a_user_error(tmp_path) -> None:
     (tmp_path / "junk").write_bytes(b"not a model")
     with pytest.raises(UserError, match="is not a safetensors model file"):
         SPADE.load(tmp_path / "junk")
+    tensors = {"pooled": torch.zeros(1, 2)}
+    write_model_file(tmp_path / "newer", "anombench.spade", {"backbone": "resnet18", "k_neighbours": 3}, tensors)
+    with pytest.raises(UserError, match="configuration does not fit this version of the model"):
+        SPADE.load(tmp_path / "newer")
+    save_file(tensors, str(tmp_path / "broken"), metadata={"anombench.spade": "{not json"})
+    with pytest.raises(UserError, match="configuration is not valid JSON"):
+        SPADE.load(tmp_path / "broken")
 
 
 # ---------------------------------------------------------------------------------------------- approximate search

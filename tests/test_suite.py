@@ -115,6 +115,14 @@ def test_datasets_and_methods_shorthands_keep_the_listed_entries():
         apply_overrides(doc, [("methods", ["z"])], {})
 
 
+def test_overrides_reach_entries_written_without_a_value():
+    """`padim:` with no value is an entry with defaults; overrides and --data must edit it, not crash on None."""
+    doc = {"datasets": {"synthetic": None}, "methods": {"pg": None}}
+    out = apply_overrides(doc, [("categories", ["disc"]), ("methods.pg.params.min_std", 0.2)], {"synthetic": "/d"})
+    assert out["datasets"]["synthetic"] == {"categories": ["disc"], "params": {"root": "/d"}}
+    assert out["methods"]["pg"] == {"params": {"min_std": 0.2}}
+
+
 def test_override_errors(registry):
     with pytest.raises(UserError, match="expected KEY=VALUE"):
         parse_override("categories")

@@ -79,3 +79,23 @@ def test_a_mean_over_some_classes_is_labelled_and_not_set_against_the_papers():
     assert wide.loc["bottle", "padim diff"] == "(-0.1, +0.1)"
     complete = long_table(frame, SPEC, reference, group_sizes={"mvtec": {"object": 1}})
     assert set(complete["category"]) == {"bottle", "objects", "all"}  # every class the dataset has: plain labels
+
+
+def test_a_mean_over_fewer_seeds_than_the_suites_says_so():
+    """Rd-MVTec AD averages five seeds: a run killed after its first has every class but not every seed."""
+    frame = cells([("padim", "mvtec", c, "object", 0, 0.9, 0.8) for c in ("bottle", "screw")])
+    long = long_table(frame, SPEC, {"values": {"padim": {"all": [97.0, 91.0]}}},
+                      group_sizes={"mvtec": {"object": 2}}, seeds=5)
+    wide = wide_table(long, SPEC)
+    assert wide.loc["all (2/2, 1/5 seeds)"].to_dict() == {"padim": "(90.0, 80.0)", "padim paper": "", "padim diff": ""}
+    assert wide.loc["all"].to_dict() == {"padim": "", "padim paper": "(97.0, 91.0)", "padim diff": ""}
+
+
+def test_one_dataset_of_a_several_dataset_table_takes_its_own_reference_figures():
+    """Table VIII narrowed to MVTec AD: its 'all' is compared with the paper's 'mvtec:all'; STC's figures go."""
+    frame = cells([("padim", "mvtec", "bottle", "object", 0, 0.98, 0.94)])
+    spec = TableSpec(cell=["pixel_auroc"], aggregates=["all"])
+    reference = {"values": {"padim": {"mvtec:all": 97.0, "stc:all": 90.0}}, "only": {"SPADE": {"stc:all": 80.0}}}
+    long = long_table(frame, spec, reference, ["mvtec"], group_sizes={"mvtec": {"object": 1}})
+    assert long.set_index("category").loc["all", "diff"] == pytest.approx(1.0)
+    assert set(long["category"]) == {"bottle", "all"} and "SPADE" not in set(long["method"])
