@@ -38,7 +38,7 @@ def _parse_data_roots(items: list[str]) -> dict[str, str]:
 def cmd_run(args: argparse.Namespace) -> int:
     from anombench.plugins import registry
     from anombench.report import write_tables
-    from anombench.results import RunStore
+    from anombench.results import RunStore, load_provenance
     from anombench.runner import RunOptions, default_run_dir, resolve_device, run_suite
     from anombench.suite import load_suite
 
@@ -67,7 +67,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     write_tables(out)
     print((out / "table.md").read_text())
     print(f"results: {out}")
-    failed = [r for r in store.records.values() if r["status"] != "ok"]
+    grid = set(load_provenance(out).get("grid") or [])  # a narrowed resume leaves other cells out of its verdict
+    failed = [r for r in store.records.values() if r["status"] != "ok" and r["cell"] in grid]
     if failed:
         print(f"{len(failed)} cell(s) failed; see {out / 'cells.jsonl'} (rerun with --resume to retry them)",
               file=sys.stderr)
