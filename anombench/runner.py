@@ -35,7 +35,7 @@ from anombench.examples import ExampleKeeper
 from anombench.plugins import Registry, registry as default_registry
 from anombench.resources import GB, PeakMemory, Stopwatch, release_memory
 from anombench.results import ARTIFACTS, RunStore, load_provenance, write_atomic, write_json
-from anombench.suite import Cell, DatasetSpec, MethodSpec, Suite, expand
+from anombench.suite import ENTRY_SECTIONS, Cell, DatasetSpec, MethodSpec, Suite, expand
 
 LOCK = ".lock"  # in a run directory: held by the one process writing it
 
@@ -475,13 +475,12 @@ def changed_cell_settings(before: dict[str, Any], now: dict[str, Any]) -> list[s
     cells stay valid. A method's or dataset's parameters may not, or the table would mix two setups under one
     name; a dataset's root may (data moved, same data)."""
     changes = []
-    for section in ("methods", "datasets"):
+    for section in ENTRY_SECTIONS:
         old, new = before.get(section) or {}, now.get(section) or {}
         for name in old.keys() & new.keys():
             a, b = _leaves(old[name] or {}), _leaves(new[name] or {})
             for key in sorted(a.keys() | b.keys()):
-                if key not in ("categories", "params.root") and not key.startswith("categories.") \
-                        and a.get(key) != b.get(key):
+                if key not in ("categories", "params.root") and a.get(key) != b.get(key):  # lists are leaves
                     changes.append(f"{section}.{name}.{key}: {a.get(key)} -> {b.get(key)}")
     return changes
 

@@ -52,8 +52,14 @@ def aggregate_label(name: str, dataset: str, several_datasets: bool, covered: in
     return f"{label} ({', '.join(notes)})"
 
 
+def label_parts(label: str) -> tuple[str, str]:
+    """(dataset, name) of a category label: 'mvtec:all (1/15)' -> ('mvtec', 'all'), 'bottle' -> ('', 'bottle')."""
+    dataset, _, name = label.split(" (", 1)[0].rpartition(":")
+    return dataset, name
+
+
 def is_aggregate(label: str) -> bool:
-    return label.split(" (", 1)[0].rsplit(":", 1)[-1] in AGGREGATE_GROUPS
+    return label_parts(label)[1] in AGGREGATE_GROUPS
 
 
 def with_aggregates(per_class: pd.DataFrame, metrics: list[str], aggregates: list[str], several_datasets: bool,
@@ -91,7 +97,7 @@ def for_one_dataset(figures: dict[str, dict[str, Any]], alias: str) -> dict[str,
     for method, per_category in figures.items():
         mine = out.setdefault(method, {})
         for key, value in (per_category or {}).items():
-            dataset, _, name = key.rpartition(":")
+            dataset, name = label_parts(key)
             if not dataset or dataset == alias:
                 mine.setdefault(name, value)
     return out
@@ -148,7 +154,7 @@ def _fmt(values: list[float], percent: bool, signed: bool = False) -> str:
 
 def _aggregate_order(label: str) -> tuple[str, int]:
     """Sort key of an aggregate label: by dataset, then textures, objects, all (partial means beside full ones)."""
-    dataset, _, name = label.split(" (", 1)[0].rpartition(":")
+    dataset, name = label_parts(label)
     return dataset, list(AGGREGATE_GROUPS).index(name)
 
 
