@@ -19,7 +19,7 @@ from typing import Any, Iterable, Literal, Protocol, runtime_checkable
 import numpy as np
 import torch
 
-Group = Literal["texture", "object", "other"]
+Family = Literal["texture", "object", "other"]
 
 
 @dataclass(frozen=True)
@@ -185,11 +185,26 @@ class Dataset(Protocol):
 
     def categories(self) -> list[str]: ...
 
-    def group(self, category: str) -> Group: ...
+    def family(self, category: str) -> Family: ...
 
     def train(self, category: str, seed: int) -> Split: ...
 
     def test(self, category: str, seed: int) -> Split: ...
+
+
+class UndefinedMetric(ValueError):
+    """Raised by ``Metric.compute`` when the figure does not exist for this cell (image AUROC on a test set without
+    normal images, PRO without defect regions); the message is the reason, in one line. The runner records the
+    metric as undefined with that reason and keeps the cell's other figures: the cell still counts as finished."""
+
+
+@runtime_checkable
+class Preflight(Protocol):
+    """Optional for a method: checks, before any cell of a run starts and without building a model or reading
+    weights, that its configuration can run here (weights file present, ``n_features`` within the backbone's
+    channels). Raises ``anombench.errors.UserError`` with one line naming what is wrong and how to fix it."""
+
+    def preflight(self) -> None: ...
 
 
 @runtime_checkable

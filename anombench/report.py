@@ -44,7 +44,7 @@ def read_run_table(run_dir: str | Path) -> RunTable:
     spec, reference = table_of(doc, str(run_dir / "suite.yaml"))
     info = load_provenance(run_dir)
     cells = in_suite_order(load_cells(run_dir), info.get("grid") or [])
-    long = long_table(cells, spec, reference, list(doc.get("datasets") or []), info.get("group_sizes"),
+    long = long_table(cells, spec, reference, list(doc.get("datasets") or []), info.get("family_sizes"),
                       len(info.get("seeds") or [0]))
     return RunTable(doc, spec, reference, cells, long)
 

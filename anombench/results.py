@@ -105,7 +105,7 @@ def load_cells(directory: str | Path) -> pd.DataFrame:
         raise UserError(f"{directory}: not a run directory (no {CELLS})")
     rows = []
     for record in RunStore(directory).records.values():
-        row = {key: record.get(key) for key in ("cell", "method", "plugin", "dataset", "category", "group", "seed",
+        row = {key: record.get(key) for key in ("cell", "method", "plugin", "dataset", "category", "family", "seed",
                                                  "status", "error")}
         row.update(record.get("metrics") or {})
         rows.append(row)

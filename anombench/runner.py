@@ -53,7 +53,7 @@ class GroupTask:
 
     dataset: DatasetSpec
     category: str
-    group: str
+    family: str
     seed: int
     methods: tuple[MethodSpec, ...]
     metrics: dict[str, dict[str, Any]]
@@ -206,7 +206,7 @@ def _record(task: GroupTask, member: Member, resources: Resources, peers: list[s
     cell = Cell(member.spec.name, task.dataset.alias, task.category, task.seed)
     record: dict[str, Any] = {
         "cell": cell.id, "method": member.spec.name, "plugin": member.spec.plugin, "params": member.spec.params,
-        "dataset": task.dataset.alias, "category": task.category, "group": task.group, "seed": task.seed,
+        "dataset": task.dataset.alias, "category": task.category, "family": task.family, "seed": task.seed,
         "status": "ok" if member.error is None else "failed", "error": member.error, "traceback": member.trace,
         "shared_features_with": [p for p in peers if p != member.spec.name],
         "resources": {k: v for k, v in vars(resources).items() if k != "extra"} | resources.extra,
@@ -306,7 +306,7 @@ def resolve_categories(suite: Suite, datasets: dict[str, Dataset]) -> dict[str, 
 class Plan:
     tasks: list[GroupTask]
     grid: list[str]  # every cell id of the suite in suite order, finished or not (tables are ordered by it)
-    group_sizes: dict[str, dict[str, int]]  # dataset alias -> group -> how many categories the dataset has in it
+    family_sizes: dict[str, dict[str, int]]  # dataset alias -> group -> how many categories the dataset has in it
 
 
 def open_datasets(suite: Suite, registry: Registry) -> tuple[dict[str, Dataset], dict[str, list[str]]]:
@@ -333,16 +333,16 @@ def plan(suite: Suite, registry: Registry, skip: set[str], options: RunOptions,
         first = group[0]
         tasks.append(GroupTask(
             dataset=by_alias[first.dataset], category=first.category,
-            group=datasets[first.dataset].group(first.category), seed=first.seed,
+            family=datasets[first.dataset].family(first.category), seed=first.seed,
             methods=tuple(methods_by_name[c.method] for c in group), metrics=suite.metrics,
             batch_size=suite.batch_size, workers=suite.workers, options=options))
-    return Plan(tasks, [cell.id for cell in cells], {alias: group_sizes(d) for alias, d in datasets.items()})
+    return Plan(tasks, [cell.id for cell in cells], {alias: family_sizes(d) for alias, d in datasets.items()})
 
 
-def group_sizes(dataset: Dataset) -> dict[str, int]:
+def family_sizes(dataset: Dataset) -> dict[str, int]:
     """How many of the dataset's categories each group holds, so tables can tell a mean over all 15 MVTec classes
     from one over the few a narrowed run (``--set categories=[bottle]``) finished."""
-    return dict(Counter(dataset.group(category) for category in known_categories(dataset)))
+    return dict(Counter(dataset.family(category) for category in known_categories(dataset)))
 
 
 def _feature_keys(suite: Suite, registry: Registry, device: str) -> dict[str, str | None]:
@@ -506,7 +506,7 @@ def _run_locked(suite: Suite, out: Path, options: RunOptions, resume: bool, regi
     if options.threads:
         torch.set_num_threads(options.threads)
     planned = plan(suite, registry, store.finished() if resume else set(), options, opened)
-    info = provenance(suite, options, registry) | {"grid": planned.grid, "group_sizes": planned.group_sizes}
+    info = provenance(suite, options, registry) | {"grid": planned.grid, "family_sizes": planned.family_sizes}
     previous = load_provenance(out) if resume and (out / "run.json").is_file() else {}
     if previous.get("started_at"):
         info |= {"started_at": previous["started_at"], "resumed_at": info["started_at"]}

@@ -23,7 +23,7 @@ import pandas as pd
 
 from anombench.suite import TableSpec
 
-AGGREGATE_GROUPS = {"textures": ("texture",), "objects": ("object",), "all": ("texture", "object", "other")}
+AGGREGATE_FAMILIES = {"textures": ("texture",), "objects": ("object",), "all": ("texture", "object", "other")}
 REFERENCE_KEYS = ("source", "values", "only")
 
 
@@ -32,10 +32,10 @@ def mean_over_seeds(cells: pd.DataFrame, metrics: list[str]) -> pd.DataFrame:
     (method, dataset, category, group), with the number of seeds averaged in ``seeds``."""
     ok = cells[cells["status"] == "ok"]
     present = [m for m in metrics if m in ok.columns]
-    columns = ["method", "dataset", "category", "group", "seeds", *metrics]
+    columns = ["method", "dataset", "category", "family", "seeds", *metrics]
     if ok.empty or not present:
         return pd.DataFrame(columns=columns)
-    grouped = ok.groupby(["method", "dataset", "category", "group"], sort=False)
+    grouped = ok.groupby(["method", "dataset", "category", "family"], sort=False)
     means = grouped[present].mean().assign(seeds=grouped.size()).reset_index()
     return means.reindex(columns=columns)
 
@@ -59,27 +59,27 @@ def label_parts(label: str) -> tuple[str, str]:
 
 
 def is_aggregate(label: str) -> bool:
-    return label_parts(label)[1] in AGGREGATE_GROUPS
+    return label_parts(label)[1] in AGGREGATE_FAMILIES
 
 
 def with_aggregates(per_class: pd.DataFrame, metrics: list[str], aggregates: list[str], several_datasets: bool,
-                    group_sizes: dict[str, dict[str, int]] | None = None, seeds: int = 1) -> pd.DataFrame:
+                    family_sizes: dict[str, dict[str, int]] | None = None, seeds: int = 1) -> pd.DataFrame:
     """Append the paper's group means (textures, objects, all) as extra 'category' rows per method and dataset,
-    over the classes that finished. ``group_sizes`` (dataset -> group -> number of classes it defines) and
+    over the classes that finished. ``family_sizes`` (dataset -> group -> number of classes it defines) and
     ``seeds`` (the suite's number of seeds) mark a mean over fewer classes or seeds than the paper's, e.g. a run
     narrowed to bottle or one killed after its first seed."""
     rows = [per_class]
     for name in aggregates:
-        members = per_class[per_class["group"].isin(AGGREGATE_GROUPS[name])]
+        members = per_class[per_class["family"].isin(AGGREGATE_FAMILIES[name])]
         if members.empty:
             continue
         grouped = members.groupby(["method", "dataset"], sort=False)
         means = grouped[metrics].mean().reset_index()
         covered, seeds_done = grouped["category"].nunique().to_numpy(), grouped["seeds"].min().to_numpy()
-        totals = [sum((group_sizes or {}).get(d, {}).get(g, 0) for g in AGGREGATE_GROUPS[name]) for d in means["dataset"]]
+        totals = [sum((family_sizes or {}).get(d, {}).get(g, 0) for g in AGGREGATE_FAMILIES[name]) for d in means["dataset"]]
         means["category"] = [aggregate_label(name, d, several_datasets, n, total, int(done), seeds)
                              for d, n, total, done in zip(means["dataset"], covered, totals, seeds_done)]
-        means["group"] = "aggregate"
+        means["family"] = "aggregate"
         rows.append(means)
     return pd.concat(rows, ignore_index=True)
 
@@ -104,17 +104,17 @@ def for_one_dataset(figures: dict[str, dict[str, Any]], alias: str) -> dict[str,
 
 
 def long_table(cells: pd.DataFrame, spec: TableSpec, reference: dict[str, Any],
-               datasets: list[str] | None = None, group_sizes: dict[str, dict[str, int]] | None = None,
+               datasets: list[str] | None = None, family_sizes: dict[str, dict[str, int]] | None = None,
                seeds: int = 1) -> pd.DataFrame:
     """method, category, metric, ours, paper, diff, in display units (percent when ``spec.percent``).
 
     ``datasets``: the suite's dataset aliases (default: those in ``cells``); with several, aggregates are named
-    per dataset ('mvtec:all', 'stc:all') and reference figures are keyed the same way. ``group_sizes`` and
+    per dataset ('mvtec:all', 'stc:all') and reference figures are keyed the same way. ``family_sizes`` and
     ``seeds``: see ``with_aggregates`` (the runner stores both in run.json)."""
     scale = 100.0 if spec.percent else 1.0
     aliases = list(datasets) if datasets is not None else list(dict.fromkeys(cells["dataset"]))
     several = len(aliases) > 1
-    per_class = with_aggregates(mean_over_seeds(cells, spec.cell), spec.cell, spec.aggregates, several, group_sizes,
+    per_class = with_aggregates(mean_over_seeds(cells, spec.cell), spec.cell, spec.aggregates, several, family_sizes,
                                 seeds)
     values, only = reference.get("values") or {}, reference.get("only") or {}
     if len(aliases) == 1:
@@ -155,7 +155,7 @@ def _fmt(values: list[float], percent: bool, signed: bool = False) -> str:
 def _aggregate_order(label: str) -> tuple[str, int]:
     """Sort key of an aggregate label: by dataset, then textures, objects, all (partial means beside full ones)."""
     dataset, name = label_parts(label)
-    return dataset, list(AGGREGATE_GROUPS).index(name)
+    return dataset, list(AGGREGATE_FAMILIES).index(name)
 
 
 def _ordered(items: pd.Series) -> list[str]:

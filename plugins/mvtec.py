@@ -35,7 +35,7 @@ import numpy as np
 from PIL import Image
 
 from anombench import hookimpl
-from anombench.api import Group
+from anombench.api import Family
 from anombench.errors import UserError
 from anombench.hookspecs import Register
 from anombench_plugins.datafetch import fetch_archive
@@ -102,14 +102,14 @@ def _check_masks(category_dir: Path, records: list[Record]) -> None:
             raise UserError(f"mask {mask} is {size_text(mask_wh)} but its image {image} is {size_text(image_wh)}")
 
 
-def _group_of(category: str) -> Group:
+def _family_of(category: str) -> Family:
     return "texture" if category in TEXTURES else "object"
 
 
-def _row(category: str, group: str, counts: tuple[object, ...], status: str) -> str:
+def _row(category: str, family: str, counts: tuple[object, ...], status: str) -> str:
     """One line of the ``check`` table; the header is a row of column names."""
     train, test_good, test_defect, masks = counts
-    return f"{category:<12} {group:<8} {train:>6} {test_good:>10} {test_defect:>12} {masks:>6}  {status}"
+    return f"{category:<12} {family:<8} {train:>6} {test_good:>10} {test_defect:>12} {masks:>6}  {status}"
 
 
 @dataclass(frozen=True)
@@ -199,9 +199,9 @@ class MVTecAD:
     def known_categories(self) -> list[str]:
         return list(CATEGORIES)
 
-    def group(self, category: str) -> Group:
+    def family(self, category: str) -> Family:
         self._known(category)
-        return _group_of(category)
+        return _family_of(category)
 
     def train(self, category: str, seed: int) -> FileSplit:
         folder = self._category_dir(category) / "train" / GOOD
@@ -267,8 +267,8 @@ class MVTecAD:
         complete = sum(n.status(c) == "ok" for c, n in counts.items())
         total = CategoryCounts(*(sum(column) for column in zip(*(astuple(n) for n in counts.values()), strict=True)))
         return "\n".join(
-            [f"MVTec AD at {path}", _row("category", "group", ("train", "test good", "test defect", "masks"), "status")]
-            + [_row(c, _group_of(c), astuple(n), n.status(c)) for c, n in counts.items()]
+            [f"MVTec AD at {path}", _row("category", "family", ("train", "test good", "test defect", "masks"), "status")]
+            + [_row(c, _family_of(c), astuple(n), n.status(c)) for c, n in counts.items()]
             + [_row("total", "", astuple(total), f"{complete} of {len(CATEGORIES)} categories complete")]
         )
 

@@ -37,7 +37,7 @@ import numpy as np
 from PIL import Image
 
 from anombench import hookimpl
-from anombench.api import Group
+from anombench.api import Family
 from anombench.errors import UserError
 from anombench.hookspecs import Register
 from anombench_plugins.datafetch import fetch_archive
@@ -174,7 +174,7 @@ class ShanghaiTechCampus:
     def known_categories(self) -> list[str]:
         return [f"scene{scene}" for scene in TESTED_SCENES]
 
-    def group(self, category: str) -> Group:
+    def family(self, category: str) -> Family:
         self._known_scene(category)
         return "other"
 

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from anombench import hookimpl
-from anombench.api import Group, Sample
+from anombench.api import Family, Sample
 from anombench.errors import UserError
 
 TEXTURES = ("stripes", "weave")
@@ -268,7 +268,7 @@ class SyntheticDataset:
     def categories(self) -> list[str]:
         return list(self._categories)
 
-    def group(self, category: str) -> Group:
+    def family(self, category: str) -> Family:
         return "texture" if category in TEXTURES else "object"
 
     def train(self, category: str, seed: int) -> SyntheticSplit:

@@ -194,7 +194,7 @@ def test_a_worker_that_cannot_read_the_dataset_records_its_error_naming_the_path
     own one-line error, which names the path, and with the worker's address."""
     missing = tmp_path / "not_on_this_worker"
     task = GroupTask(dataset=DatasetSpec("mvtec", "mvtec", {"root": str(missing)}, ["bottle"]), category="bottle",
-                     group="object", seed=0, methods=(MethodSpec("pg", "pixel_gaussian", {}),),
+                     family="object", seed=0, methods=(MethodSpec("pg", "pixel_gaussian", {}),),
                      metrics={"pixel_auroc": {}}, batch_size=4, workers=1, options=RunOptions(device="cpu"))
     received: list[dict[str, Any]] = []
     dask_executor(scheduler, registry)([task], received.extend)
@@ -211,7 +211,7 @@ def test_loaders_inside_dask_workers_decode_in_process(registry, scheduler, tmp_
     make_mvtec_category(tmp_path / "mvtec", "bottle")
     task = GroupTask(dataset=DatasetSpec("mvtec", "mvtec", {"root": str(tmp_path / "mvtec"), "image_size": 64,
                                                             "crop_size": 64}, ["bottle"]),
-                     category="bottle", group="object", seed=0, methods=(MethodSpec("pg", "pixel_gaussian", {}),),
+                     category="bottle", family="object", seed=0, methods=(MethodSpec("pg", "pixel_gaussian", {}),),
                      metrics={"pixel_auroc": {}}, batch_size=4, workers=1, options=RunOptions(device="cpu"))
     received: list[dict[str, Any]] = []
     dask_executor(scheduler, registry)([task], received.extend)
@@ -220,7 +220,7 @@ def test_loaders_inside_dask_workers_decode_in_process(registry, scheduler, tmp_
 
 def small_task(device: str) -> GroupTask:
     return GroupTask(dataset=DatasetSpec("synthetic", "synthetic", {"image_size": 32}, ["disc"]), category="disc",
-                     group="object", seed=0, methods=(MethodSpec("pg", "pixel_gaussian", {}),),
+                     family="object", seed=0, methods=(MethodSpec("pg", "pixel_gaussian", {}),),
                      metrics={"pixel_auroc": {}}, batch_size=4, workers=0, options=RunOptions(device=device))
 
 

@@ -52,10 +52,10 @@ def test_categories_present_in_official_order_and_groups(tmp_path):
     data = MVTecAD(root=str(tmp_path))
     assert isinstance(data, Dataset)
     assert data.categories() == ["grid", "wood", "bottle", "zipper"]
-    assert [data.group(c) for c in data.categories()] == ["texture", "texture", "object", "object"]
+    assert [data.family(c) for c in data.categories()] == ["texture", "texture", "object", "object"]
     assert len(CATEGORIES) == 15
     assert known_categories(data) == list(CATEGORIES)  # what the paper's means are over, present or not
-    assert Counter(data.group(c) for c in known_categories(data)) == {"texture": 5, "object": 10}
+    assert Counter(data.family(c) for c in known_categories(data)) == {"texture": 5, "object": 10}
 
 
 def test_train_split_samples(bottle):

@@ -77,7 +77,7 @@ def fake_cells(suite: Suite) -> pd.DataFrame:
     plugin_of = {spec.alias: spec.plugin for spec in suite.datasets}
     return pd.DataFrame([
         {"method": cell.method, "dataset": cell.dataset, "category": cell.category, "seed": cell.seed,
-         "group": category_group(plugin_of[cell.dataset], cell.category), "status": "ok",
+         "family": category_group(plugin_of[cell.dataset], cell.category), "status": "ok",
          **{metric: 0.5 for metric in suite.metrics}}
         for cell in paper_grid(suite)
     ])

@@ -108,7 +108,7 @@ def test_cells_record_metrics_and_resources(tmp_path, test_registry):
     assert record["resources"]["n_train"] == 6 and record["resources"]["n_test"] == 6
     assert record["metrics"]["fit_seconds"] > 0 and record["metrics"]["peak_rss_gb"] > 0.05
     assert np.isnan(record["metrics"]["model_gb"])  # pixel_gaussian does not report its size
-    assert record["group"] == "object"
+    assert record["family"] == "object"
 
 
 def test_a_failing_cell_is_recorded_and_the_suite_goes_on(tmp_path, test_registry):
@@ -122,7 +122,7 @@ def test_a_failing_cell_is_recorded_and_the_suite_goes_on(tmp_path, test_registr
     table = (tmp_path / "run" / "table.md").read_text()
     assert "FAILED cells (1): bad|synthetic|disc|0 (RuntimeError: boom in fit)" in table
     # one of the dataset's four classes ran: its means are labelled as such, not passed off as the 4-class means
-    assert load_provenance(tmp_path / "run")["group_sizes"] == {"synthetic": {"texture": 2, "object": 2}}
+    assert load_provenance(tmp_path / "run")["family_sizes"] == {"synthetic": {"texture": 2, "object": 2}}
     rows = [line.split("|")[1].strip() for line in table.splitlines() if line.startswith("| ")]
     assert rows == ["category", "disc", "objects (1/2)", "all (1/4)"]
 

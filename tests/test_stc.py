@@ -33,10 +33,10 @@ def test_scenes_with_train_and_test_are_the_categories(stc):
     data = ShanghaiTechCampus(root=str(stc))
     assert isinstance(data, Dataset)
     assert data.categories() == ["scene01", "scene02"]
-    assert data.group("scene01") == "other"
+    assert data.family("scene01") == "other"
     # the paper's STC mean is over the 12 scenes the public test set covers, present here or not
     assert data.known_categories() == [f"scene{n:02d}" for n in range(1, 13)]
-    assert data.group("scene12") == "other"
+    assert data.family("scene12") == "other"
 
 
 def test_train_streams_frames_in_order_with_stride(stc):

@@ -25,7 +25,7 @@ def test_same_seed_same_images_other_seed_other_images():
 def test_layout_labels_ids_and_groups():
     data = SyntheticDataset(image_size=48, n_train=5, n_test_good=3, n_test_defective=10)
     assert data.categories() == list(CATEGORIES)
-    assert [data.group(c) for c in CATEGORIES] == ["texture", "texture", "object", "object"]
+    assert [data.family(c) for c in CATEGORIES] == ["texture", "texture", "object", "object"]
     for category in CATEGORIES:
         train, test = data.train(category, 0), data.test(category, 0)
         assert len(train) == 5 and len(test) == 13

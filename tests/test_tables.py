@@ -10,7 +10,7 @@ from anombench.tables import long_table, render_markdown, wide_table
 
 
 def cells(rows: list[tuple[str, str, str, str, int, float, float]]) -> pd.DataFrame:
-    return pd.DataFrame([{"cell": f"{m}|{d}|{c}|{s}", "method": m, "dataset": d, "category": c, "group": g,
+    return pd.DataFrame([{"cell": f"{m}|{d}|{c}|{s}", "method": m, "dataset": d, "category": c, "family": g,
                           "seed": s, "status": "ok", "error": None, "pixel_auroc": a, "pro": p}
                          for m, d, c, g, s, a, p in rows])
 
@@ -71,13 +71,13 @@ def test_a_mean_over_some_classes_is_labelled_and_not_set_against_the_papers():
     frame = cells([("padim", "mvtec", "bottle", "object", 0, 0.98, 0.94)])
     reference = {"values": {"padim": {"bottle": [98.1, 93.9], "objects": [97.0, 90.0], "all": [97.5, 92.1]}}}
     sizes = {"mvtec": {"texture": 5, "object": 10}}
-    long = long_table(frame, SPEC, reference, group_sizes=sizes)
+    long = long_table(frame, SPEC, reference, family_sizes=sizes)
     wide = wide_table(long, SPEC)
     assert list(wide.index) == ["bottle", "objects (1/10)", "objects", "all (1/15)", "all"]
     assert wide.loc["all (1/15)"].to_dict() == {"padim": "(98.0, 94.0)", "padim paper": "", "padim diff": ""}
     assert wide.loc["all"].to_dict() == {"padim": "", "padim paper": "(97.5, 92.1)", "padim diff": ""}
     assert wide.loc["bottle", "padim diff"] == "(-0.1, +0.1)"
-    complete = long_table(frame, SPEC, reference, group_sizes={"mvtec": {"object": 1}})
+    complete = long_table(frame, SPEC, reference, family_sizes={"mvtec": {"object": 1}})
     assert set(complete["category"]) == {"bottle", "objects", "all"}  # every class the dataset has: plain labels
 
 
@@ -85,7 +85,7 @@ def test_a_mean_over_fewer_seeds_than_the_suites_says_so():
     """Rd-MVTec AD averages five seeds: a run killed after its first has every class but not every seed."""
     frame = cells([("padim", "mvtec", c, "object", 0, 0.9, 0.8) for c in ("bottle", "screw")])
     long = long_table(frame, SPEC, {"values": {"padim": {"all": [97.0, 91.0]}}},
-                      group_sizes={"mvtec": {"object": 2}}, seeds=5)
+                      family_sizes={"mvtec": {"object": 2}}, seeds=5)
     wide = wide_table(long, SPEC)
     assert wide.loc["all (2/2, 1/5 seeds)"].to_dict() == {"padim": "(90.0, 80.0)", "padim paper": "", "padim diff": ""}
     assert wide.loc["all"].to_dict() == {"padim": "", "padim paper": "(97.0, 91.0)", "padim diff": ""}
@@ -96,6 +96,6 @@ def test_one_dataset_of_a_several_dataset_table_takes_its_own_reference_figures(
     frame = cells([("padim", "mvtec", "bottle", "object", 0, 0.98, 0.94)])
     spec = TableSpec(cell=["pixel_auroc"], aggregates=["all"])
     reference = {"values": {"padim": {"mvtec:all": 97.0, "stc:all": 90.0}}, "only": {"SPADE": {"stc:all": 80.0}}}
-    long = long_table(frame, spec, reference, ["mvtec"], group_sizes={"mvtec": {"object": 1}})
+    long = long_table(frame, spec, reference, ["mvtec"], family_sizes={"mvtec": {"object": 1}})
     assert long.set_index("category").loc["all", "diff"] == pytest.approx(1.0)
     assert set(long["category"]) == {"bottle", "all"} and "SPADE" not in set(long["method"])
