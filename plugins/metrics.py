@@ -253,7 +253,7 @@ def defect_region_sizes(masks: np.ndarray) -> tuple[np.ndarray, int]:
 def pro_curve(maps: np.ndarray, masks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """The official per-region-overlap curve (FPR, PRO) of anomaly ``maps`` against ground-truth ``masks``, both
     (N, H, W); good images (empty masks) count as normal pixels."""
-    bins, n_regions = _pro_bins(*_pixels(maps, masks))
+    bins, n_regions = _pro_bins(*validated_pixels(maps, masks))
     _require_both_classes(int(bins.negatives.sum()), n_regions, "PRO", "normal pixels", "defect pixels")
     return pro_curve_from(bins, n_regions)
 
@@ -261,7 +261,7 @@ def pro_curve(maps: np.ndarray, masks: np.ndarray) -> tuple[np.ndarray, np.ndarr
 def pro_score(maps: np.ndarray, masks: np.ndarray, max_fpr: float = DEFAULT_MAX_FPR) -> float:
     """The official PRO: area under ``pro_curve`` up to ``max_fpr``, divided by ``max_fpr``; a fraction."""
     _check_max_fpr(max_fpr, "max_fpr")
-    bins, n_regions = _pro_bins(*_pixels(maps, masks))
+    bins, n_regions = _pro_bins(*validated_pixels(maps, masks))
     return pro_from_bins(bins, n_regions, max_fpr)[0]
 
 
@@ -270,7 +270,7 @@ def _pro_bins(maps: np.ndarray, defect: np.ndarray) -> tuple[ScoreBins, int]:
     return exact_bins(maps, defect, 1.0 / sizes), n_regions
 
 
-def _pixels(maps: Any, masks: Any) -> tuple[np.ndarray, np.ndarray]:
+def validated_pixels(maps: Any, masks: Any) -> tuple[np.ndarray, np.ndarray]:
     """Validated (N, H, W) float32 maps and bool defect masks, from numpy arrays or torch tensors."""
     if isinstance(masks, torch.Tensor):
         masks = masks.detach().cpu().numpy()
@@ -399,7 +399,7 @@ class PixelStream:
 
     def add(self, maps: Any, masks: Any) -> None:
         """Take one batch: maps (B, H, W) float32, masks (B, H, W) of 0/1 (numpy or torch)."""
-        maps, defect = _pixels(maps, masks)
+        maps, defect = validated_pixels(maps, masks)
         sizes = np.zeros(0, dtype=np.int64)
         if self.regions:
             sizes, n_regions = defect_region_sizes(defect)
