@@ -253,8 +253,10 @@ def stratified_weights(labels: np.ndarray, resamples: int, rng: np.random.Genera
     for stratum in (False, True):
         members = np.flatnonzero(labels == stratum)
         if members.size:
-            weights[:, members] = rng.multinomial(members.size, np.full(members.size, 1.0 / members.size),
-                                                  size=resamples)
+            draws = rng.integers(0, members.size, size=(resamples, members.size))
+            draws += np.arange(resamples)[:, None] * members.size  # row r counts into its own block
+            counts = np.bincount(draws.ravel(), minlength=resamples * members.size)
+            weights[:, members] = counts.reshape(resamples, members.size)
     return weights
 
 
@@ -282,6 +284,7 @@ class ImageSummaries:
         self._images: list[ImageBins] = []
         self.exponent: int | None = None
         self._lo, self._hi = math.inf, -math.inf
+        self._defect_pixels = self._normal_pixels = 0
 
     @property
     def labels(self) -> np.ndarray:
@@ -305,10 +308,12 @@ class ImageSummaries:
             return
         self._widen(float(maps.min()), float(maps.max()))
         for one_map, one_defect in zip(maps, defect):
-            sizes, n_regions = defect_region_sizes(one_defect[None])
             flags = one_defect.ravel()
+            sizes, n_regions = defect_region_sizes(one_defect[None]) if flags.any() else (np.zeros(0), 0)
             self._images.append(image_bins(grid_keys(one_map.ravel(), self.exponent), flags, sizes))
             self._regions.append(n_regions)
+            self._defect_pixels += int(sizes.size)
+            self._normal_pixels += flags.size - int(sizes.size)
         self.ids += list(batch.ids)
         self._labels += [int(label != 0) for label in batch.labels.tolist()]
         self._image_scores += image_scores.tolist()
@@ -329,8 +334,7 @@ class ImageSummaries:
     def defined(self, metrics: Iterable[str] = METRICS) -> dict[str, str]:
         """metric -> reason, for each of ``metrics`` that this test set leaves undefined."""
         labels = self.labels
-        defects = sum(int(image.defects.sum()) for image in self._images)
-        normals = sum(int(image.normals.sum()) for image in self._images)
+        defects, normals = self._defect_pixels, self._normal_pixels
         reasons = {
             "image_auroc": None if labels.any() and (~labels).any() else "needs both normal and anomalous images",
             "pixel_auroc": None if defects and normals else "needs both normal and defect pixels",
@@ -434,6 +438,7 @@ class ImageSummaries:
         summary._labels = arrays["labels"].astype(int).tolist()
         summary._image_scores = arrays["image_scores"].tolist()
         summary._regions = arrays["regions"].tolist()
+        summary._defect_pixels, summary._normal_pixels = (int(arrays[name].sum()) for name in ("defects", "normals"))
         if summary.ids:
             summary.exponent = int(arrays["exponent"])
             summary._lo, summary._hi = (float(v) for v in arrays["range"])
