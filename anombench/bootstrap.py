@@ -38,7 +38,7 @@ import io
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
@@ -452,6 +452,23 @@ class ImageSummaries:
     def load(cls, path: str | Path) -> "ImageSummaries":
         path = Path(path)
         return cls.from_bytes(path.read_bytes(), str(path))
+
+
+def summaries_for(metrics: Mapping[str, Mapping[str, Any] | None]) -> ImageSummaries:
+    """A fresh accumulator for a cell whose suite computes ``metrics`` (name -> parameters): PRO's ``max_fpr``
+    comes from the suite, so the intervals are those of the figure in the table."""
+    pro = metrics.get("pro") or {}
+    return ImageSummaries(max_fpr=float(pro.get("max_fpr", DEFAULT_MAX_FPR)))
+
+
+def cell_intervals(summaries: ImageSummaries, computed: Iterable[str], level: float, resamples: int,
+                   seed: int) -> dict[str, list[float]]:
+    """A cell record's ``intervals``: {metric: [lo, hi]} for each of the three bootstrap metrics among
+    ``computed`` (the cell's defined metrics); seeded by the cell's seed, so a rerun gives the same intervals."""
+    wanted = [metric for metric in METRICS if metric in set(computed)]
+    if not wanted:
+        return {}
+    return {metric: [lo, hi] for metric, (lo, hi) in summaries.intervals(level, resamples, seed, wanted).items()}
 
 
 def check_level(level: float) -> None:
