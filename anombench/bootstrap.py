@@ -34,6 +34,7 @@ pixel metrics): ``Replicates.interval_error_bound``. PaDiM-Lite0 on bottle: abou
 
 from __future__ import annotations
 
+import functools
 import io
 import math
 from dataclasses import dataclass
@@ -41,11 +42,12 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
+from threadpoolctl import ThreadpoolController
 
 from anombench.api import Batch, Scores, UndefinedMetric
 from anombench.errors import UserError
 from anombench.results import RunStore
-from anombench_plugins.metrics import DEFAULT_MAX_FPR, defect_region_sizes, validated_pixels
+from anombench_plugins.metrics import DEFAULT_MAX_FPR, defect_regions, validated_pixels
 
 METRICS = ("pixel_auroc", "pro", "image_auroc")
 METRIC_NAMES = {"pixel_auroc": "pixel AUROC", "pro": "PRO", "image_auroc": "image AUROC"}
@@ -111,17 +113,28 @@ class ImageBins:
         return ImageBins(keys, normals, defects, overlap)
 
 
-def image_bins(keys: np.ndarray, defect: np.ndarray, region_sizes: np.ndarray) -> ImageBins:
-    """The fine-grid histograms of one image's flat ``keys`` with bool ``defect`` flags; ``region_sizes`` holds the
-    region size of each defect pixel, in the order of ``keys[defect]``."""
-    first = int(keys.min())
-    offsets = keys - first
-    total = np.bincount(offsets)
-    defects = np.bincount(offsets[defect], minlength=total.size)
-    overlap = np.bincount(offsets[defect], weights=1.0 / region_sizes, minlength=total.size)
-    kept = np.flatnonzero(total)
-    return ImageBins(kept + first, (total - defects)[kept].astype(np.int32), defects[kept].astype(np.int32),
-                     overlap[kept])
+def batch_bins(keys: np.ndarray, defect: np.ndarray, overlap: np.ndarray) -> list[ImageBins]:
+    """The fine-grid histograms of each image of a batch: ``keys`` (B, P) int64, ``defect`` (B, P) bool, ``overlap``
+    (B, P) float64 (1/|region| on defect pixels, 0 elsewhere). Each image's keys are shifted into a block of its
+    own, so one count (dense over the blocks, or by sorting when few pixels spread over wide spans) serves the
+    batch; the result is cut back into images."""
+    first = keys.min(axis=1)
+    spans = keys.max(axis=1) - first + 1
+    starts = np.concatenate(([0], np.cumsum(spans)[:-1]))
+    flat = (keys - (first - starts)[:, None]).ravel()
+    if spans.sum() <= 4 * flat.size:
+        dense = np.bincount(flat, minlength=int(spans.sum()))
+        occupied = np.flatnonzero(dense)
+        index = (np.cumsum(dense > 0) - 1)[flat]  # each pixel's position among the occupied bins
+    else:
+        occupied, index = np.unique(flat, return_inverse=True)
+    total = np.bincount(index, minlength=occupied.size)
+    defects = np.bincount(index, weights=defect.ravel(), minlength=occupied.size).astype(np.int32)
+    weights = np.bincount(index, weights=overlap.ravel(), minlength=occupied.size)
+    normals = total.astype(np.int32) - defects
+    cuts = np.searchsorted(occupied, np.append(starts, spans.sum()))
+    return [ImageBins(occupied[a:b] + (first[i] - starts[i]), normals[a:b], defects[a:b], weights[a:b])
+            for i, (a, b) in enumerate(zip(cuts[:-1], cuts[1:]))]
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -260,6 +273,18 @@ def stratified_weights(labels: np.ndarray, resamples: int, rng: np.random.Genera
     return weights
 
 
+@functools.cache
+def _blas_controller() -> ThreadpoolController:
+    return ThreadpoolController()  # inspecting the loaded libraries costs milliseconds: once per process
+
+
+def single_threaded_blas() -> Any:
+    """A context with BLAS on one thread. The products here are small (128 x n @ n x 3B): on a machine shared by
+    many processes, BLAS threads mostly spin-wait (measured: 20x slower at load 18 on 2 cores), and the runner
+    may run several cells at once anyway."""
+    return _blas_controller().limit(limits=1, user_api="blas")
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # The accumulator
 
@@ -307,13 +332,15 @@ class ImageSummaries:
         if len(maps) == 0:
             return
         self._widen(float(maps.min()), float(maps.max()))
-        for one_map, one_defect in zip(maps, defect):
-            flags = one_defect.ravel()
-            sizes, n_regions = defect_region_sizes(one_defect[None]) if flags.any() else (np.zeros(0), 0)
-            self._images.append(image_bins(grid_keys(one_map.ravel(), self.exponent), flags, sizes))
-            self._regions.append(n_regions)
-            self._defect_pixels += int(sizes.size)
-            self._normal_pixels += flags.size - int(sizes.size)
+        sizes, regions = defect_regions(defect)
+        overlap = np.zeros(defect.shape)
+        overlap[defect] = 1.0 / sizes
+        flat = (len(maps), -1)
+        self._images += batch_bins(grid_keys(maps.reshape(flat), self.exponent), defect.reshape(flat),
+                                   overlap.reshape(flat))
+        self._regions += regions.tolist()
+        self._defect_pixels += int(sizes.size)
+        self._normal_pixels += defect.size - int(sizes.size)
         self.ids += list(batch.ids)
         self._labels += [int(label != 0) for label in batch.labels.tolist()]
         self._image_scores += image_scores.tolist()
@@ -356,13 +383,14 @@ class ImageSummaries:
         binned = self.binned() if {"pixel_auroc", "pro"} & set(metrics) else None
         labels = self.labels
         wins = pairwise_wins(self.image_scores[labels], self.image_scores[~labels])
-        for start in range(0, len(weights), RESAMPLES_PER_STEP):
-            rows = slice(start, start + RESAMPLES_PER_STEP)
-            block = weights[rows]
-            if "image_auroc" in metrics:
-                values["image_auroc"][rows] = image_auroc_rows(wins, block[:, labels], block[:, ~labels])
-            if binned is not None:
-                self._pixel_rows(binned, block, rows, values, bounds)
+        with single_threaded_blas():
+            for start in range(0, len(weights), RESAMPLES_PER_STEP):
+                rows = slice(start, start + RESAMPLES_PER_STEP)
+                block = weights[rows]
+                if "image_auroc" in metrics:
+                    values["image_auroc"][rows] = image_auroc_rows(wins, block[:, labels], block[:, ~labels])
+                if binned is not None:
+                    self._pixel_rows(binned, block, rows, values, bounds)
         return Replicates(values, bounds)
 
     def _pixel_rows(self, binned: BinnedImages, block: np.ndarray, rows: slice, values: dict[str, np.ndarray],

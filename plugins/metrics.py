@@ -243,11 +243,23 @@ def auroc(scores: np.ndarray, labels: np.ndarray) -> float:
 def defect_region_sizes(masks: np.ndarray) -> tuple[np.ndarray, int]:
     """For a (N, H, W) stack of ground-truth masks: the size of the region of every defect pixel (in the order of
     ``masks[masks]``) and the number of regions. Regions are 8-connected components of each image separately."""
+    sizes, regions_per_image = defect_regions(masks)
+    return sizes, int(regions_per_image.sum())
+
+
+def defect_regions(masks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``defect_region_sizes`` with the number of regions of each image ((N,) int64) instead of their total; the
+    bootstrap resamples images, so it needs each image's share of PRO's region count."""
     defect = np.asarray(masks) != 0
-    with_defects = defect.reshape(len(defect), -1).any(axis=1)  # good images have no region: skip labelling them
-    labels, n_regions = ndimage.label(defect[with_defects], structure=_IN_PLANE_8_CONNECTED)
+    pixels = int(np.prod(defect.shape[1:]))
+    with_defects = defect.reshape(len(defect), pixels).any(axis=1)  # good images have no region: skip labelling
+    labels, _ = ndimage.label(defect[with_defects], structure=_IN_PLANE_8_CONNECTED)
     region_of_pixel = labels[defect[with_defects]]
-    return np.bincount(region_of_pixel)[region_of_pixel], int(n_regions)
+    # ndimage numbers components in scan order and none spans two images: each image's labels are the next block.
+    last_label = np.maximum.accumulate(labels.reshape(len(labels), pixels).max(axis=1, initial=0))
+    regions_per_image = np.zeros(len(defect), dtype=np.int64)
+    regions_per_image[with_defects] = np.diff(last_label, prepend=0)
+    return np.bincount(region_of_pixel)[region_of_pixel], regions_per_image
 
 
 def pro_curve(maps: np.ndarray, masks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

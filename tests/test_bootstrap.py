@@ -15,14 +15,14 @@ from scipy.stats import norm
 from anombench.api import Batch, Scores, UndefinedMetric
 from anombench.bootstrap import (
     ARTIFACT,
-    ImageBins,
     ImageSummaries,
+    batch_bins,
     compare_methods,
     compare_runs,
     describe,
+    finest_exponent,
     grid_exponent,
     grid_keys,
-    image_bins,
     mean_and_sem,
     paired_difference,
     paired_mean_difference,
@@ -137,8 +137,10 @@ def test_coarsening_a_stored_image_equals_binning_it_on_the_coarser_grid():
     defect = rng.random(400) < 0.2
     sizes = rng.integers(1, 20, size=defect.sum())
     exponent = grid_exponent(float(scores.min()), float(scores.max()), 12)
-    fine = image_bins(grid_keys(scores, exponent), defect, sizes)
-    direct = image_bins(grid_keys(scores, exponent + 3), defect, sizes)
+    overlap = np.zeros(400)
+    overlap[defect] = 1.0 / sizes
+    [fine] = batch_bins(grid_keys(scores, exponent)[None], defect[None], overlap[None])
+    [direct] = batch_bins(grid_keys(scores, exponent + 3)[None], defect[None], overlap[None])
     coarse = fine.coarsened(3)
     for name in ("keys", "normals", "defects"):
         np.testing.assert_array_equal(getattr(coarse, name), getattr(direct, name))
@@ -150,10 +152,9 @@ def test_grid_exponent_fits_the_range_in_the_fine_bits():
         e = grid_exponent(lo, hi, 10)
         span = math.floor(math.ldexp(hi, -e)) - math.floor(math.ldexp(lo, -e))
         assert span < 2**10
-        if hi > lo:  # and it is the finest such grid (down to float32 resolution)
-            finer = e - 1
-            assert math.floor(math.ldexp(hi, -finer)) - math.floor(math.ldexp(lo, -finer)) >= 2**10 or \
-                hi - lo < 2.0**(finer + 10)
+        finer = e - 1  # the finest such grid, down to float32 resolution
+        if finer >= finest_exponent(lo, hi):
+            assert math.floor(math.ldexp(hi, -finer)) - math.floor(math.ldexp(lo, -finer)) >= 2**10
 
 
 # --- intervals -----------------------------------------------------------------------------------------------------
@@ -221,6 +222,29 @@ def test_intervals_cover_the_true_image_auroc_at_the_nominal_rate():
                        Batch(torch.zeros(labels.size), torch.zeros(labels.size, 1, 1, dtype=torch.uint8),
                              torch.from_numpy(labels), [str(i) for i in range(labels.size)]))
         lo, hi = summary.intervals(0.95, 1000, seed=trial, metrics=["image_auroc"])["image_auroc"]
+        covered += lo <= truth <= hi
+    assert 0.92 <= covered / 400 <= 0.98, covered / 400
+
+
+def test_intervals_cover_the_expected_pixel_auroc_of_clustered_pixels():
+    """Pixels of one image share a random image effect u ~ N(0, 1) (pixel noise N(0, 1), defect pixels +1.5), the
+    correlation that makes a pixel bootstrap far too narrow. A pair of pixels from two images is ordered with
+    probability Phi(1.5 / 2), from one image Phi(1.5 / sqrt 2); the expected pixel AUROC mixes them by their share
+    of the pairs. Resampling images must cover it in 95% +- 3% of 400 simulated test sets."""
+    n_good, n_defective = 40, 60
+    masks = np.zeros((n_good + n_defective, 4, 4), dtype=np.uint8)
+    masks[n_good:, :2, :2] = 1
+    labels = np.array([0] * n_good + [1] * n_defective)
+    same_image = n_defective * 4 * 12 / (masks.sum() * (masks.size - masks.sum()))
+    truth = (1 - same_image) * norm.cdf(1.5 / 2.0) + same_image * norm.cdf(1.5 / math.sqrt(2.0))
+    rng = np.random.default_rng(7)
+    covered = 0
+    for trial in range(400):
+        maps = (rng.normal(size=(labels.size, 1, 1)) + rng.normal(size=masks.shape) + 1.5 * masks).astype(np.float32)
+        summary = ImageSummaries(coarse_bins=256)
+        summary.update(Scores(maps, maps.max(axis=(1, 2))), Batch(torch.zeros(labels.size), torch.from_numpy(masks),
+                                                                  torch.from_numpy(labels), [str(i) for i in range(labels.size)]))
+        lo, hi = summary.intervals(0.95, 500, seed=trial, metrics=["pixel_auroc"])["pixel_auroc"]
         covered += lo <= truth <= hi
     assert 0.92 <= covered / 400 <= 0.98, covered / 400
 
