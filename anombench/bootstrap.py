@@ -678,9 +678,9 @@ def compare_methods(run_dir: str | Path, method_a: str, method_b: str, level: fl
         raise UserError(f"{run_dir}: no class with {ARTIFACT} for both {method_a!r} and {method_b!r}; "
                         "run with --ci and check the method names")
     pairs: dict[tuple[str, int], list] = {}
-    for dataset, cell_seed, category in common:
-        pairs.setdefault((dataset, cell_seed), []).append(
-            (category, by_key[method_a][(dataset, cell_seed, category)], by_key[method_b][(dataset, cell_seed, category)]))
+    for key in common:
+        dataset, cell_seed, category = key
+        pairs.setdefault((dataset, cell_seed), []).append((category, by_key[method_a][key], by_key[method_b][key]))
     return _paired_results(pairs, method_a, method_b, metrics, level, resamples, seed)
 
 

@@ -242,8 +242,9 @@ def test_intervals_cover_the_expected_pixel_auroc_of_clustered_pixels():
     for trial in range(400):
         maps = (rng.normal(size=(labels.size, 1, 1)) + rng.normal(size=masks.shape) + 1.5 * masks).astype(np.float32)
         summary = ImageSummaries(coarse_bins=256)
-        summary.update(Scores(maps, maps.max(axis=(1, 2))), Batch(torch.zeros(labels.size), torch.from_numpy(masks),
-                                                                  torch.from_numpy(labels), [str(i) for i in range(labels.size)]))
+        ids = [str(i) for i in range(labels.size)]
+        summary.update(Scores(maps, maps.max(axis=(1, 2))),
+                       Batch(torch.zeros(labels.size), torch.from_numpy(masks), torch.from_numpy(labels), ids))
         lo, hi = summary.intervals(0.95, 500, seed=trial, metrics=["pixel_auroc"])["pixel_auroc"]
         covered += lo <= truth <= hi
     assert 0.92 <= covered / 400 <= 0.98, covered / 400
