@@ -523,25 +523,19 @@ def aligned_order(a: ImageSummaries, b: ImageSummaries) -> np.ndarray:
     return order
 
 
-def paired_draws(pairs: Sequence[tuple[ImageSummaries, ImageSummaries]], metric: str, resamples: int,
-                 seed: int) -> tuple[float, np.ndarray, np.ndarray]:
-    """(difference on the test sets, (R,) resampled differences, (R,) their binning bounds) of ``metric`` between
-    the first and the second summary of each pair, averaged over the pairs (classes). Each class's images are
-    resampled on their own, identically for both sides; the classes draw from one seeded generator in turn."""
-    rng = np.random.default_rng(seed)
-    difference, draws, bounds = 0.0, np.zeros(resamples), np.zeros(resamples)
-    for a, b in pairs:
-        order = aligned_order(a, b)
-        weights = stratified_weights(a.labels, resamples, rng)
-        inverse = np.empty_like(order)
-        inverse[order] = np.arange(order.size)
-        with_test_set = np.vstack([np.ones((1, len(a))), weights])  # row 0: the test set itself
-        a_draws = a.replicates(with_test_set, [metric])
-        b_draws = b.replicates(with_test_set[:, inverse], [metric])
-        difference += float(a_draws.values[metric][0] - b_draws.values[metric][0])
-        draws += a_draws.values[metric][1:] - b_draws.values[metric][1:]
-        bounds += a_draws.bounds[metric][1:] + b_draws.bounds[metric][1:]
-    return difference / len(pairs), draws / len(pairs), bounds / len(pairs)
+def class_draws(a: ImageSummaries, b: ImageSummaries, metrics: Sequence[str], resamples: int,
+                rng: np.random.Generator) -> tuple[dict[str, float], dict[str, np.ndarray]]:
+    """For one class: per metric defined on both sides, a - b on the test set and on ``resamples`` stratified
+    resamples ((R,) array), both sides resampled with the same weights (that is what makes it paired)."""
+    order = aligned_order(a, b)
+    inverse = np.empty_like(order)
+    inverse[order] = np.arange(order.size)
+    weights = stratified_weights(a.labels, resamples, rng)  # drawn even when no metric is defined: same sequence
+    with_test_set = np.vstack([np.ones((1, len(a))), weights])  # row 0: the test set itself
+    wanted = [metric for metric in metrics if not (a.defined([metric]) or b.defined([metric]))]
+    first, second = a.replicates(with_test_set, wanted), b.replicates(with_test_set[:, inverse], wanted)
+    differences = {m: float(first.values[m][0] - second.values[m][0]) for m in wanted}
+    return differences, {m: first.values[m][1:] - second.values[m][1:] for m in wanted}
 
 
 def paired_difference(a: ImageSummaries, b: ImageSummaries, metric: str, level: float = 0.95,
@@ -554,14 +548,23 @@ def paired_difference(a: ImageSummaries, b: ImageSummaries, metric: str, level: 
 def paired_mean_difference(pairs: Sequence[tuple[ImageSummaries, ImageSummaries]], metric: str,
                            level: float = 0.95, resamples: int = 1000, seed: int = 0) -> tuple[float, float, float]:
     """(mean over classes of a - b, lo, hi): ``pairs`` holds one (a, b) per class; every resample resamples each
-    class's images and averages the per-class differences, so the interval is that of the mean difference."""
+    class's images (the classes draw in turn from one generator seeded with ``seed``) and averages the per-class
+    differences, so the interval is that of the mean difference. UndefinedMetric if a class lacks the metric."""
     check_level(level)
     if metric not in METRICS:
         raise UserError(f"paired comparison: unknown metric {metric!r}; one of {', '.join(METRICS)}")
     if not pairs:
         raise UserError("paired comparison: nothing to compare (no class with bootstrap summaries on both sides)")
-    difference, draws, _ = paired_draws(pairs, metric, resamples, seed)
-    return (difference, *percentile_interval(draws, level))
+    rng = np.random.default_rng(seed)
+    differences, draws = [], []
+    for a, b in pairs:
+        for side in (a, b):
+            if side.defined([metric]):
+                raise UndefinedMetric(f"{metric}: {side.defined([metric])[metric]}")
+        difference, draw = class_draws(a, b, [metric], resamples, rng)
+        differences.append(difference[metric])
+        draws.append(draw[metric])
+    return (float(np.mean(differences)), *percentile_interval(np.mean(draws, axis=0), level))
 
 
 def describe(a: str, b: str, metric: str, difference: float, lo: float, hi: float, level: float) -> str:
@@ -612,76 +615,89 @@ def within_interval(value: float, interval: Sequence[float] | None) -> bool:
     return lo <= value <= hi
 
 
-def load_summaries(run_dir: str | Path) -> dict[str, tuple[dict, ImageSummaries]]:
-    """cell id -> (record, summaries) for every finished cell of a run that stored ``bootstrap.npz`` (runs made
-    with ``--ci``)."""
+def stored_summaries(run_dir: str | Path) -> dict[str, tuple[dict[str, Any], Path]]:
+    """cell id -> (record, path of its ``bootstrap.npz``) for every finished cell of a run made with ``--ci``. Paths,
+    not summaries: a whole run's summaries can take gigabytes, so comparisons load one class at a time."""
     store = RunStore(run_dir)
     found = {}
     for cell, record in store.records.items():
         path = store.artifact_dir(cell) / ARTIFACT
         if record.get("status") == "ok" and path.exists():
-            found[cell] = (record, ImageSummaries.load(path))
+            found[cell] = (record, path)
     return found
 
 
-def _paired_results(pairs: dict[tuple[str, int], list[tuple[str, ImageSummaries, ImageSummaries]]], a: str, b: str,
-                    metrics: Iterable[str], level: float, resamples: int, seed: int) -> list[PairedResult]:
-    """Per (dataset, seed): one result per class and metric, then one for the mean over the classes."""
+@dataclass(frozen=True)
+class ClassPair:
+    """One class of a comparison: where the two sides' summaries are stored."""
+
+    dataset: str
+    category: str
+    seed: int
+    a: Path
+    b: Path
+
+
+def compare_classes(pairs: list[ClassPair], a: str, b: str, metrics: Iterable[str], level: float, resamples: int,
+                    seed: int) -> list[PairedResult]:
+    """Per (dataset, seed): a result per class and metric, then per metric one for the mean over the classes that
+    define it (each resample averages the classes' resampled differences). One class in memory at a time."""
+    check_level(level)
     results = []
-    for (dataset, cell_seed), classes in pairs.items():
-        for metric in metrics:
-            usable = [(c, x, y) for c, x, y in classes if not (x.defined([metric]) or y.defined([metric]))]
-            for category, x, y in usable:
-                diff, lo, hi = paired_difference(x, y, metric, level, resamples, seed)
-                results.append(PairedResult(a, b, metric, dataset, category, cell_seed, (category,), diff, lo, hi,
-                                            level))
-            if len(usable) > 1:
-                diff, lo, hi = paired_mean_difference([(x, y) for _, x, y in usable], metric, level, resamples, seed)
+    for dataset, cell_seed in dict.fromkeys((pair.dataset, pair.seed) for pair in pairs):
+        rng = np.random.default_rng(seed)
+        per_metric: dict[str, list[tuple[str, float, np.ndarray]]] = {metric: [] for metric in metrics}
+        for pair in pairs:
+            if (pair.dataset, pair.seed) != (dataset, cell_seed):
+                continue
+            differences, draws = class_draws(ImageSummaries.load(pair.a), ImageSummaries.load(pair.b),
+                                             list(per_metric), resamples, rng)
+            for metric, difference in differences.items():
+                per_metric[metric].append((pair.category, difference, draws[metric]))
+                results.append(PairedResult(a, b, metric, dataset, pair.category, cell_seed, (pair.category,),
+                                            difference, *percentile_interval(draws[metric], level), level))
+        for metric, entries in per_metric.items():
+            if len(entries) > 1:
+                mean_draws = np.mean([draw for _, _, draw in entries], axis=0)
                 results.append(PairedResult(a, b, metric, dataset, "mean", cell_seed,
-                                            tuple(c for c, _, _ in usable), diff, lo, hi, level))
+                                            tuple(category for category, _, _ in entries),
+                                            float(np.mean([difference for _, difference, _ in entries])),
+                                            *percentile_interval(mean_draws, level), level))
     return results
 
 
 def compare_runs(run_a: str | Path, run_b: str | Path, level: float = 0.95, resamples: int = 1000, seed: int = 0,
                  metrics: Iterable[str] = METRICS) -> list[PairedResult]:
     """Paired comparisons of every cell present, with ``bootstrap.npz``, in both runs (same method, dataset,
-    category and seed), per class and for the mean over classes per (method, dataset, seed). Sides are named by
-    the run directories (and the method when the runs hold several)."""
-    first, second = load_summaries(run_a), load_summaries(run_b)
+    category and seed): per class, and for the mean over classes per (method, dataset, seed). The sides are named
+    RUN:METHOD after the run directories."""
+    first, second = stored_summaries(run_a), stored_summaries(run_b)
     shared = [cell for cell in first if cell in second]
     if not shared:
         raise UserError(f"{run_b}: no cell with {ARTIFACT} in common with {run_a}; run both with --ci")
     results = []
     for method in dict.fromkeys(first[cell][0]["method"] for cell in shared):
-        pairs: dict[tuple[str, int], list] = {}
-        for cell in shared:
-            record = first[cell][0]
-            if record["method"] == method:
-                pairs.setdefault((record["dataset"], record["seed"]), []).append(
-                    (record["category"], first[cell][1], second[cell][1]))
+        pairs = [ClassPair(record["dataset"], record["category"], record["seed"], path, second[cell][1])
+                 for cell in shared for record, path in [first[cell]] if record["method"] == method]
         a, b = (f"{Path(run).name}:{method}" for run in (run_a, run_b))
-        results += _paired_results(pairs, a, b, metrics, level, resamples, seed)
+        results += compare_classes(pairs, a, b, list(metrics), level, resamples, seed)
     return results
 
 
 def compare_methods(run_dir: str | Path, method_a: str, method_b: str, level: float = 0.95, resamples: int = 1000,
                     seed: int = 0, metrics: Iterable[str] = METRICS) -> list[PairedResult]:
-    """Paired comparisons of two methods (variant names) of one run, on every (dataset, category, seed) both have
-    with ``bootstrap.npz``; per class and for the mean over classes."""
-    found = load_summaries(run_dir)
-    by_key: dict[str, dict[tuple, ImageSummaries]] = {method_a: {}, method_b: {}}
-    for record, summary in found.values():
-        if record["method"] in by_key:
-            by_key[record["method"]][(record["dataset"], record["seed"], record["category"])] = summary
-    common = [key for key in by_key[method_a] if key in by_key[method_b]]
+    """Paired comparisons of two method variants of one run on every (dataset, category, seed) both have with
+    ``bootstrap.npz``: per class and for the mean over classes."""
+    by_method: dict[str, dict[tuple[str, str, int], Path]] = {method_a: {}, method_b: {}}
+    for record, path in stored_summaries(run_dir).values():
+        if record["method"] in by_method:
+            by_method[record["method"]][(record["dataset"], record["category"], record["seed"])] = path
+    common = [key for key in by_method[method_a] if key in by_method[method_b]]
     if not common:
         raise UserError(f"{run_dir}: no class with {ARTIFACT} for both {method_a!r} and {method_b!r}; "
                         "run with --ci and check the method names")
-    pairs: dict[tuple[str, int], list] = {}
-    for key in common:
-        dataset, cell_seed, category = key
-        pairs.setdefault((dataset, cell_seed), []).append((category, by_key[method_a][key], by_key[method_b][key]))
-    return _paired_results(pairs, method_a, method_b, metrics, level, resamples, seed)
+    pairs = [ClassPair(*key, by_method[method_a][key], by_method[method_b][key]) for key in common]
+    return compare_classes(pairs, method_a, method_b, list(metrics), level, resamples, seed)
 
 
 # ---------------------------------------------------------------------------------------------------------------
