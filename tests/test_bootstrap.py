@@ -338,3 +338,34 @@ def test_compare_runs_and_methods_read_the_stored_summaries(tmp_path):
     json.dumps([r.__dict__ for r in methods])  # plain values, ready for a report
     with pytest.raises(UserError, match="no class with bootstrap.npz for both"):
         compare_methods(tmp_path / "run", "good", "missing")
+
+
+def test_a_run_with_ci_stores_intervals_and_the_summaries_comparisons_read(tmp_path, registry):
+    """End to end through the runner (RunOptions.ci_level / ci_resamples, the record's ``intervals``,
+    ``artifacts/<cell>/bootstrap.npz``), on the synthetic dataset with the third-party test method."""
+    from anombench.runner import RunOptions, run_suite
+    from anombench.suite import build_suite
+
+    doc = {
+        "name": "ci-test",
+        "datasets": {"synthetic": {"params": {"image_size": 32, "n_train": 6, "n_test_good": 4,
+                                              "n_test_defective": 4}, "categories": ["disc", "stripes"]}},
+        "methods": {"tight": {"plugin": "pixel_gaussian", "params": {"min_std": 0.02}},
+                    "loose": {"plugin": "pixel_gaussian", "params": {"min_std": 0.5}}},
+        "metrics": ["pixel_auroc", "pro", "image_auroc", "fit_seconds"],
+        "run": {"batch_size": 3, "workers": 0},
+        "table": {"cell": ["pixel_auroc", "pro"]},
+    }
+    options = RunOptions(show_progress=False, ci_level=0.9, ci_resamples=200)
+    store = run_suite(build_suite(doc, "t.yaml", registry), tmp_path / "run", options, registry=registry)
+    record = store.records["tight|synthetic|disc|0"]
+    assert set(record["intervals"]) == {"pixel_auroc", "pro", "image_auroc"}
+    assert all(0.0 <= lo <= hi <= 1.0 for lo, hi in record["intervals"].values())
+    summary = ImageSummaries.load(store.artifact_dir(record["cell"]) / ARTIFACT)
+    assert len(summary) == 8 and summary.labels.sum() == 4
+    estimates = summary.estimates()
+    for metric in ("pixel_auroc", "pro", "image_auroc"):  # the stored summary reproduces the recorded figures
+        assert abs(estimates.values[metric][0] - record["metrics"][metric]) <= estimates.bounds[metric][0] + 1e-12
+    results = compare_methods(tmp_path / "run", "tight", "loose", 0.9, 200, 0)
+    assert {(r.metric, r.scope) for r in results} == {(m, s) for m in ("pixel_auroc", "pro", "image_auroc")
+                                                      for s in ("disc", "stripes", "mean")}
