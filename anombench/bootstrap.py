@@ -53,6 +53,7 @@ METRICS = ("pixel_auroc", "pro", "image_auroc")
 METRIC_NAMES = {"pixel_auroc": "pixel AUROC", "pro": "PRO", "image_auroc": "image AUROC"}
 FINE_BITS = 17  # the fine grid spans at most 2**17 bins over all scores seen
 COARSE_BINS = 2**13  # bins a resample is evaluated on
+MAX_ENTRIES = 2**23  # stored (image, fine bin) entries before the grid coarsens: 200 MB (pill needs 1.3 M)
 RESAMPLES_PER_STEP = 128  # resamples evaluated together: (128, 3 * 2**13) float64 blocks, about 25 MB each
 ARTIFACT = "bootstrap.npz"  # the per-cell artifact file name
 FORMAT = "anombench-bootstrap/1"
@@ -293,15 +294,20 @@ class ImageSummaries:
     """Per test image: id, label, image score and its pixel histograms on the shared dyadic grid; fed batch by batch
     like a metric (``update``), then resampled (``intervals``, ``replicates``) or stored (``to_bytes``).
 
-    ``max_fpr`` must be the PRO metric's (default 0.3). Memory: about 24 bytes per occupied fine bin per image
-    (PaDiM-Lite0 on bottle: 180 kB per image, 15 MB for the class), independent of the image size beyond that.
+    ``max_fpr`` must be the PRO metric's (default 0.3). Memory: 24 bytes per occupied fine bin per image
+    (PaDiM-Lite0 on bottle: 180 kB per image, 15 MB for the class). Past ``max_entries`` entries (a test set of
+    thousands of images, e.g. STC) the grid coarsens one step at a time until they fit: memory stays bounded, the
+    bins get wider and the computed error bound says what that costs. Only then does the grid depend on the batch
+    order (it coarsens at the first batch that crosses the limit).
     """
 
     def __init__(self, max_fpr: float = DEFAULT_MAX_FPR, fine_bits: int = FINE_BITS,
-                 coarse_bins: int = COARSE_BINS) -> None:
+                 coarse_bins: int = COARSE_BINS, max_entries: int = MAX_ENTRIES) -> None:
         if not 0.0 < max_fpr <= 1.0:
             raise UserError(f"bootstrap: max_fpr must be in (0, 1], got {max_fpr}")
         self.max_fpr, self.fine_bits, self.coarse_bins = float(max_fpr), int(fine_bits), int(coarse_bins)
+        self.max_entries = int(max_entries)
+        self._entries = 0  # stored (image, fine bin) entries, 24 bytes each
         self.ids: list[str] = []
         self._labels: list[int] = []
         self._image_scores: list[float] = []
@@ -338,6 +344,9 @@ class ImageSummaries:
         flat = (len(maps), -1)
         self._images += batch_bins(grid_keys(maps.reshape(flat), self.exponent), defect.reshape(flat),
                                    overlap.reshape(flat))
+        self._entries += sum(len(image.keys) for image in self._images[-len(maps):])
+        while self._entries > self.max_entries and self._keys_spanned() > 2:  # 2 keys: nothing left to merge
+            self._coarsen(self.exponent + 1)
         self._regions += regions.tolist()
         self._defect_pixels += int(sizes.size)
         self._normal_pixels += defect.size - int(sizes.size)
@@ -348,9 +357,16 @@ class ImageSummaries:
     def _widen(self, lo: float, hi: float) -> None:
         """Make the grid cover [lo, hi] too, coarsening what is stored when the exponent has to grow."""
         self._lo, self._hi = min(self._lo, lo), max(self._hi, hi)
-        exponent = grid_exponent(self._lo, self._hi, self.fine_bits, self.exponent)
+        self._coarsen(grid_exponent(self._lo, self._hi, self.fine_bits, self.exponent))
+
+    def _keys_spanned(self) -> int:
+        return math.floor(math.ldexp(self._hi, -self.exponent)) - math.floor(math.ldexp(self._lo, -self.exponent)) + 1
+
+    def _coarsen(self, exponent: int) -> None:
+        """Move to the grid of ``exponent`` (never finer): stored images are floor-divided and merged."""
         if self.exponent is not None and exponent > self.exponent:
             self._images = [image.coarsened(exponent - self.exponent) for image in self._images]
+            self._entries = sum(len(image.keys) for image in self._images)
         self.exponent = exponent
 
     # --- resampling ---
@@ -438,7 +454,7 @@ class ImageSummaries:
             "format": np.array(FORMAT), "ids": np.array(self.ids, dtype=str),
             "labels": self.labels, "image_scores": self.image_scores,
             "regions": np.array(self._regions, dtype=np.int64),
-            "settings": np.array([self.max_fpr, self.fine_bits, self.coarse_bins], dtype=np.float64),
+            "settings": np.array([self.max_fpr, self.fine_bits, self.coarse_bins, self.max_entries], dtype=np.float64),
             "exponent": np.array(self.exponent if self.exponent is not None else 0, dtype=np.int64),
             "range": np.array([self._lo, self._hi], dtype=np.float64),
             "offsets": np.concatenate(([0], np.cumsum(lengths, dtype=np.int64))),
@@ -460,8 +476,8 @@ class ImageSummaries:
             raise UserError(f"{source}: not a bootstrap summary file ({exc})") from None
         if str(arrays.get("format", "")) != FORMAT:
             raise UserError(f"{source}: not a bootstrap summary file of format {FORMAT}")
-        max_fpr, fine_bits, coarse = arrays["settings"]
-        summary = cls(max_fpr=float(max_fpr), fine_bits=int(fine_bits), coarse_bins=int(coarse))
+        max_fpr, fine_bits, coarse, max_entries = arrays["settings"]
+        summary = cls(float(max_fpr), int(fine_bits), int(coarse), int(max_entries))
         summary.ids = [str(i) for i in arrays["ids"]]
         summary._labels = arrays["labels"].astype(int).tolist()
         summary._image_scores = arrays["image_scores"].tolist()
@@ -474,6 +490,7 @@ class ImageSummaries:
         summary._images = [
             ImageBins(*(arrays[name][start:stop] for name in ("keys", "normals", "defects", "overlap")))
             for start, stop in zip(offsets[:-1], offsets[1:])]
+        summary._entries = int(offsets[-1])
         return summary
 
     @classmethod

@@ -131,6 +131,18 @@ def test_the_grid_does_not_depend_on_the_batch_order():
             np.testing.assert_array_equal(getattr(a, name), getattr(b, name))
 
 
+def test_a_memory_limit_coarsens_the_grid_and_the_bound_still_holds():
+    data = make_test_set(10, 14, seed=15)
+    limited = summarise(*data, max_entries=600)
+    assert sum(len(image.keys) for image in limited._images) <= 600 < 24 * 144
+    assert limited.exponent > summarise(*data).exponent
+    again = ImageSummaries.from_bytes(limited.to_bytes())
+    assert again.max_entries == 600 and again.intervals(0.9, 100, 0) == limited.intervals(0.9, 100, 0)
+    estimates, exact = limited.estimates(), exact_replicate(np.ones(24), *data[:4])
+    for metric in ("pixel_auroc", "pro"):
+        assert abs(estimates.values[metric][0] - exact[metric]) <= estimates.bounds[metric][0] + 1e-12
+
+
 def test_coarsening_a_stored_image_equals_binning_it_on_the_coarser_grid():
     rng = np.random.default_rng(5)
     scores = rng.normal(size=400).astype(np.float32)
