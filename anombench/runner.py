@@ -30,6 +30,7 @@ from tqdm.auto import tqdm
 
 import anombench
 from anombench.api import Batch, Dataset, Method, Metric, Resources, Scores, collate, known_categories, shares_features
+from anombench.bootstrap import ARTIFACT as BOOTSTRAP_ARTIFACT, ImageSummaries, cell_intervals, summaries_for
 from anombench.errors import UserError
 from anombench.examples import ExampleKeeper
 from anombench.plugins import Registry, registry as default_registry
@@ -45,6 +46,8 @@ class RunOptions:
     device: str = "cpu"
     threads: int = 0
     show_progress: bool = True
+    ci_level: float | None = None  # WIRING (lead will redo): bootstrap intervals when set
+    ci_resamples: int = 1000
 
 
 @dataclass(frozen=True)
@@ -115,6 +118,7 @@ class Member:
     infer_watch: Stopwatch = field(default_factory=Stopwatch)
     error: str | None = None
     trace: str | None = None
+    summaries: ImageSummaries | None = None  # WIRING (lead will redo)
 
     def fail(self, exc: BaseException) -> None:
         self.error, self.trace = _error_text(exc), traceback.format_exc()
@@ -135,6 +139,8 @@ def _update_metrics(member: Member, scores: Scores, batch: Batch) -> None:
     for metric in member.metrics.values():
         metric.update(scores, batch)
     member.examples.update(scores, batch)
+    if member.summaries is not None:  # WIRING (lead will redo)
+        member.summaries.update(scores, batch)
 
 
 def _curves(member: Member) -> dict[str, dict[str, list[float]]]:
@@ -219,6 +225,10 @@ def _record(task: GroupTask, member: Member, resources: Resources, peers: list[s
                                              if getattr(m, "error_bound", 0.0)}
             record[ARTIFACTS] = {"examples.npz": member.examples.to_bytes(),
                                  "curves.json": json.dumps(_curves(member)).encode()}
+            if member.summaries is not None:  # WIRING (lead will redo)
+                record["intervals"] = cell_intervals(member.summaries, record["metrics"], task.options.ci_level,
+                                                     task.options.ci_resamples, task.seed)
+                record[ARTIFACTS][BOOTSTRAP_ARTIFACT] = member.summaries.to_bytes()
         except Exception as exc:
             member.fail(exc)
             record.update(status="failed", error=member.error, traceback=member.trace)
@@ -255,6 +265,8 @@ def _members(task: GroupTask, registry: Registry) -> list[Member]:
     for spec in task.methods:
         metrics = {name: registry.get("metric", name).factory(**params) for name, params in task.metrics.items()}
         member = Member(spec, None, metrics)  # type: ignore[arg-type]
+        if task.options.ci_level:  # WIRING (lead will redo)
+            member.summaries = summaries_for(task.metrics)
         member.method = _guard(member, lambda s=spec: instantiate_method(s, task.seed, task.options.device, registry))
         members.append(member)
     return members

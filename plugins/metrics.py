@@ -1,11 +1,11 @@
 """Pixel AUROC, PRO, image AUROC and resource metrics as metric plugins.
 
 The figures must agree with the official MVTec AD evaluation (design.md section 1), because readers compare our
-tables with papers that used it. Everything reduces to one representation: ``Cells``, the test pixels grouped by
-score from the highest down, with per cell the number of normal pixels, of defect pixels and the PRO overlap
-weight. On the exact path a cell is one distinct score value (so ties are merged exactly as the official script
-merges runs of equal scores); on the binned path a cell is a score interval. The curves (ROC, PRO) are the
-cumulative sums over cells and the areas are trapezoids, so both paths share every line of the curve code.
+tables with papers that used it. Everything reduces to one representation: ``ScoreBins``, the test pixels grouped
+by score from the highest down, with per bin the number of normal pixels, of defect pixels and the PRO overlap
+weight. On the exact path a bin is one distinct score value (so ties are merged exactly as the official script
+merges runs of equal scores); on the binned path a bin is a score interval. The curves (ROC, PRO) are the
+cumulative sums over bins and the areas are trapezoids, so both paths share every line of the curve code.
 
 Exact vs binned. A stream keeps the pixels themselves (float32 score, bool mask, and for PRO the size of each
 defect pixel's region) while at most ``pixel_budget`` pixels have been seen, then switches once, for good, to
@@ -14,12 +14,13 @@ exact curve. What it loses is the path between two such vertices, which the exac
 the box they span while the binned curve takes the straight diagonal. Hence the stated, data-dependent bound that
 ``binning_error_bound`` computes from the histograms themselves:
 
-    |area_exact - area_binned| <= sum over cells of dx * dy / 2   (dx, dy: the cell's FPR and TPR/PRO increments)
+    |area_exact - area_binned| <= sum over bins of dx * dy / 2   (dx, dy: the bin's FPR and TPR/PRO increments)
 
-(for PRO the cell that straddles ``max_fpr`` counts (max_fpr - x_left) * dy, and the sum is divided by
+(for PRO the bin that straddles ``max_fpr`` counts (max_fpr - x_left) * dy, and the sum is divided by
 ``max_fpr``). For AUROC this is half the fraction of (defect, normal) pixel pairs that share a bin, and it is at
 most half the largest fraction of normal pixels in one bin, so for scores with a bounded density inside the
-prefix's range it shrinks like 1/bins (about 1e-6 with the default 2**20 bins on the STC-scale benchmark). The metrics expose it as ``error_bound`` after ``compute`` and warn when it exceeds ``BOUND_WARNING``.
+prefix's range it shrinks like 1/bins (about 1e-6 with the default 2**20 bins on the STC-scale benchmark). The
+metrics expose it as ``error_bound`` after ``compute`` and warn when it exceeds ``BOUND_WARNING``.
 """
 
 from __future__ import annotations
@@ -62,15 +63,15 @@ class UndefinedMetricError(UserError, ValueError):
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Cells, curves and areas
+# Score bins, curves and areas
 
 
 @dataclass(frozen=True)
-class Cells:
+class ScoreBins:
     """Test pixels (or images) grouped by score, highest scores first.
 
-    ``negatives``/``positives`` (int64) count normal/defect pixels per cell; ``overlap`` (float64, PRO only) sums
-    1/|region| over the cell's defect pixels. ``binned`` says whether a cell is a score interval whose inner order
+    ``negatives``/``positives`` (int64) count normal/defect pixels per bin; ``overlap`` (float64, PRO only) sums
+    1/|region| over the bin's defect pixels. ``binned`` says whether a bin is a score interval whose inner order
     is unknown (so curve areas carry an error bound) or a single score value (exact).
     """
 
@@ -80,8 +81,8 @@ class Cells:
     binned: bool
 
 
-def exact_cells(scores: np.ndarray, positive: np.ndarray, positive_weights: np.ndarray | None = None) -> Cells:
-    """One cell per distinct score value: merging runs of equal scores is how the official script handles ties.
+def exact_bins(scores: np.ndarray, positive: np.ndarray, positive_weights: np.ndarray | None = None) -> ScoreBins:
+    """One bin per distinct score value: merging runs of equal scores is how the official script handles ties.
 
     ``positive_weights`` (PRO only) holds the overlap increment 1/|region| of each positive, in the order of
     ``scores[positive]``. Only the positives (usually a small share) are sorted together with their weights; all
@@ -104,7 +105,7 @@ def exact_cells(scores: np.ndarray, positive: np.ndarray, positive_weights: np.n
             sorted_weights = np.asarray(positive_weights, dtype=np.float64)[order]
             overlap[cell_of] = np.add.reduceat(sorted_weights, positive_starts)
         overlap = overlap[::-1]
-    return Cells((counts - positives)[::-1], positives[::-1], overlap, binned=False)
+    return ScoreBins((counts - positives)[::-1], positives[::-1], overlap, binned=False)
 
 
 def _runs(ordered: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -122,20 +123,20 @@ def _runs(ordered: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return ordered[starts], counts, starts
 
 
-def roc_curve_from(cells: Cells) -> tuple[np.ndarray, np.ndarray]:
-    """(FPR, TPR) at every cell boundary, from (0, 0) to (1, 1), float64."""
-    return (_cumulative(cells.negatives, cells.negatives.sum(), ends_at_one=False),
-            _cumulative(cells.positives, cells.positives.sum(), ends_at_one=False))
+def roc_curve_from(bins: ScoreBins) -> tuple[np.ndarray, np.ndarray]:
+    """(FPR, TPR) at every bin boundary, from (0, 0) to (1, 1), float64."""
+    return (_cumulative(bins.negatives, bins.negatives.sum(), ends_at_one=False),
+            _cumulative(bins.positives, bins.positives.sum(), ends_at_one=False))
 
 
-def pro_curve_from(cells: Cells, n_regions: int) -> tuple[np.ndarray, np.ndarray]:
-    """(FPR, PRO) as the official script builds them: cumulative sums over cells, divided by the number of normal
+def pro_curve_from(bins: ScoreBins, n_regions: int) -> tuple[np.ndarray, np.ndarray]:
+    """(FPR, PRO) as the official script builds them: cumulative sums over bins, divided by the number of normal
     pixels and of regions, clipped to 1, with (0, 0) and (1, 1) added. float64 throughout (the official script
     keeps FPRs in float32, one of the pitfalls design.md lists)."""
-    if cells.overlap is None:
-        raise ValueError("PRO needs cells with overlap weights (build them with region sizes)")
-    return (_cumulative(cells.negatives, cells.negatives.sum(), ends_at_one=True),
-            _cumulative(cells.overlap, n_regions, ends_at_one=True))
+    if bins.overlap is None:
+        raise ValueError("PRO needs bins with overlap weights (build them with region sizes)")
+    return (_cumulative(bins.negatives, bins.negatives.sum(), ends_at_one=True),
+            _cumulative(bins.overlap, n_regions, ends_at_one=True))
 
 
 def _cumulative(increments: np.ndarray, total: float, ends_at_one: bool) -> np.ndarray:
@@ -209,22 +210,22 @@ def _require_both_classes(negatives: int, positives: int, metric: str, normal: s
             )
 
 
-def auroc_from_cells(cells: Cells, metric: str = "AUROC", normal: str = "normal samples",
+def auroc_from_bins(bins: ScoreBins, metric: str = "AUROC", normal: str = "normal samples",
                      anomalous: str = "anomalous samples") -> tuple[float, float]:
     """(AUROC, error bound): the trapezoid under the ROC, which gives tied pairs one half as scikit-learn does."""
-    _require_both_classes(int(cells.negatives.sum()), int(cells.positives.sum()), metric, normal, anomalous)
-    fpr, tpr = roc_curve_from(cells)
-    bound = binning_error_bound(fpr, tpr) if cells.binned else 0.0
+    _require_both_classes(int(bins.negatives.sum()), int(bins.positives.sum()), metric, normal, anomalous)
+    fpr, tpr = roc_curve_from(bins)
+    bound = binning_error_bound(fpr, tpr) if bins.binned else 0.0
     return trapezoid(fpr, tpr), bound
 
 
-def pro_from_cells(cells: Cells, n_regions: int, max_fpr: float = DEFAULT_MAX_FPR,
+def pro_from_bins(bins: ScoreBins, n_regions: int, max_fpr: float = DEFAULT_MAX_FPR,
                    metric: str = "PRO") -> tuple[float, float]:
     """(PRO, error bound): the area under the PRO curve up to ``max_fpr``, divided by ``max_fpr`` (not by the last
     FPR reached, a pitfall of older libraries)."""
-    _require_both_classes(int(cells.negatives.sum()), n_regions, metric, "normal pixels", "defect pixels")
-    fpr, pro = pro_curve_from(cells, n_regions)
-    bound = binning_error_bound(fpr, pro, max_fpr) / max_fpr if cells.binned else 0.0
+    _require_both_classes(int(bins.negatives.sum()), n_regions, metric, "normal pixels", "defect pixels")
+    fpr, pro = pro_curve_from(bins, n_regions)
+    bound = binning_error_bound(fpr, pro, max_fpr) / max_fpr if bins.binned else 0.0
     return trapezoid(fpr, pro, max_fpr) / max_fpr, bound
 
 
@@ -236,40 +237,52 @@ def auroc(scores: np.ndarray, labels: np.ndarray) -> float:
     """Exact area under the ROC curve of ``scores`` for binary ``labels`` (non-zero = anomalous); equals
     sklearn.metrics.roc_auc_score, ties included."""
     scores = _finite(np.asarray(scores), "scores")
-    return auroc_from_cells(exact_cells(scores, np.asarray(labels) != 0))[0]
+    return auroc_from_bins(exact_bins(scores, np.asarray(labels) != 0))[0]
 
 
 def defect_region_sizes(masks: np.ndarray) -> tuple[np.ndarray, int]:
     """For a (N, H, W) stack of ground-truth masks: the size of the region of every defect pixel (in the order of
     ``masks[masks]``) and the number of regions. Regions are 8-connected components of each image separately."""
+    sizes, regions_per_image = defect_regions(masks)
+    return sizes, int(regions_per_image.sum())
+
+
+def defect_regions(masks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``defect_region_sizes`` with the number of regions of each image ((N,) int64) instead of their total; the
+    bootstrap resamples images, so it needs each image's share of PRO's region count."""
     defect = np.asarray(masks) != 0
-    with_defects = defect.reshape(len(defect), -1).any(axis=1)  # good images have no region: skip labelling them
-    labels, n_regions = ndimage.label(defect[with_defects], structure=_IN_PLANE_8_CONNECTED)
+    pixels = int(np.prod(defect.shape[1:]))
+    with_defects = defect.reshape(len(defect), pixels).any(axis=1)  # good images have no region: skip labelling
+    labels, _ = ndimage.label(defect[with_defects], structure=_IN_PLANE_8_CONNECTED)
     region_of_pixel = labels[defect[with_defects]]
-    return np.bincount(region_of_pixel)[region_of_pixel], int(n_regions)
+    # ndimage numbers components in scan order and none spans two images: each image's labels are the next block.
+    last_label = np.maximum.accumulate(labels.reshape(len(labels), pixels).max(axis=1, initial=0))
+    regions_per_image = np.zeros(len(defect), dtype=np.int64)
+    regions_per_image[with_defects] = np.diff(last_label, prepend=0)
+    return np.bincount(region_of_pixel)[region_of_pixel], regions_per_image
 
 
 def pro_curve(maps: np.ndarray, masks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """The official per-region-overlap curve (FPR, PRO) of anomaly ``maps`` against ground-truth ``masks``, both
     (N, H, W); good images (empty masks) count as normal pixels."""
-    cells, n_regions = _pro_cells(*_pixels(maps, masks))
-    _require_both_classes(int(cells.negatives.sum()), n_regions, "PRO", "normal pixels", "defect pixels")
-    return pro_curve_from(cells, n_regions)
+    bins, n_regions = _pro_bins(*validated_pixels(maps, masks))
+    _require_both_classes(int(bins.negatives.sum()), n_regions, "PRO", "normal pixels", "defect pixels")
+    return pro_curve_from(bins, n_regions)
 
 
 def pro_score(maps: np.ndarray, masks: np.ndarray, max_fpr: float = DEFAULT_MAX_FPR) -> float:
     """The official PRO: area under ``pro_curve`` up to ``max_fpr``, divided by ``max_fpr``; a fraction."""
     _check_max_fpr(max_fpr, "max_fpr")
-    cells, n_regions = _pro_cells(*_pixels(maps, masks))
-    return pro_from_cells(cells, n_regions, max_fpr)[0]
+    bins, n_regions = _pro_bins(*validated_pixels(maps, masks))
+    return pro_from_bins(bins, n_regions, max_fpr)[0]
 
 
-def _pro_cells(maps: np.ndarray, defect: np.ndarray) -> tuple[Cells, int]:
+def _pro_bins(maps: np.ndarray, defect: np.ndarray) -> tuple[ScoreBins, int]:
     sizes, n_regions = defect_region_sizes(defect)
-    return exact_cells(maps, defect, 1.0 / sizes), n_regions
+    return exact_bins(maps, defect, 1.0 / sizes), n_regions
 
 
-def _pixels(maps: Any, masks: Any) -> tuple[np.ndarray, np.ndarray]:
+def validated_pixels(maps: Any, masks: Any) -> tuple[np.ndarray, np.ndarray]:
     """Validated (N, H, W) float32 maps and bool defect masks, from numpy arrays or torch tensors."""
     if isinstance(masks, torch.Tensor):
         masks = masks.detach().cpu().numpy()
@@ -361,12 +374,12 @@ class ScoreHistogram:
                 _add_counts(self._overlap, first, defect_index, weights)
                 overlap_start += defect_index.size
 
-    def cells(self) -> Cells:
+    def score_bins(self) -> ScoreBins:
         """The non-empty bins, highest scores first."""
         kept = np.flatnonzero(self._pixels)[::-1]
         defects = self._defects[kept]
         overlap = None if self._overlap is None else self._overlap[kept]
-        return Cells(self._pixels[kept] - defects, defects, overlap, binned=True)
+        return ScoreBins(self._pixels[kept] - defects, defects, overlap, binned=True)
 
 
 def _add_counts(total: np.ndarray, first: int, index: np.ndarray, weights: np.ndarray | None = None) -> None:
@@ -376,14 +389,15 @@ def _add_counts(total: np.ndarray, first: int, index: np.ndarray, weights: np.nd
 
 
 class PixelStream:
-    """Accumulates (maps, masks) batches into ``Cells`` for pixel AUROC and, with ``regions``, PRO.
+    """Accumulates (maps, masks) batches into ``ScoreBins`` for pixel AUROC and, with ``regions``, PRO.
 
     Exact while at most ``pixel_budget`` pixels have been seen: it keeps float32 scores, bool masks and, for PRO,
     the region size of each defect pixel (its overlap increment depends on nothing else), about 5 bytes a pixel;
-    ``cells()`` then sorts them, about 50 bytes a pixel at its peak. Past the budget it switches for good to a
+    ``score_bins()`` then sorts them, about 50 bytes a pixel at its peak. Past the budget it switches for good to a
     ``ScoreHistogram`` of ``bins`` inner bins spanning the exact prefix's score range plus 2**(9 + tail_bits) tail
-    bins, 24 bytes each (40 MB with the defaults), and memory stops growing. Regions never span two images, so region sizes are known
-    batch by batch and the per-region overlap histograms of PRO collapse into one histogram weighted by 1/|region|.
+    bins, 24 bytes each (40 MB with the defaults), and memory stops growing. Regions never span two images, so
+    region sizes are known batch by batch and the per-region overlap histograms of PRO collapse into one histogram
+    weighted by 1/|region|.
     """
 
     def __init__(self, *, regions: bool, pixel_budget: int = DEFAULT_PIXEL_BUDGET, bins: int = DEFAULT_BINS) -> None:
@@ -397,7 +411,7 @@ class PixelStream:
 
     def add(self, maps: Any, masks: Any) -> None:
         """Take one batch: maps (B, H, W) float32, masks (B, H, W) of 0/1 (numpy or torch)."""
-        maps, defect = _pixels(maps, masks)
+        maps, defect = validated_pixels(maps, masks)
         sizes = np.zeros(0, dtype=np.int64)
         if self.regions:
             sizes, n_regions = defect_region_sizes(defect)
@@ -431,12 +445,12 @@ class PixelStream:
             self.histogram.add(scores, defect, self._weights(sizes))
         self._scores, self._defects, self._region_sizes = [], [], []
 
-    def cells(self) -> Cells:
-        """Everything seen so far, as exact cells (under the budget) or as histogram bins."""
+    def score_bins(self) -> ScoreBins:
+        """Everything seen so far, one bin per distinct score (under the budget) or the histogram's bins."""
         if self.histogram is not None:
-            return self.histogram.cells()
+            return self.histogram.score_bins()
         scores, defect, sizes = self._prefix()
-        return exact_cells(scores, defect, self._weights(sizes))
+        return exact_bins(scores, defect, self._weights(sizes))
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -495,9 +509,9 @@ class PixelAUROC(_PixelMetric):
         super().__init__("pixel_auroc", regions=False, pixel_budget=pixel_budget, bins=bins)
 
     def compute(self, resources: Resources) -> float:
-        cells = self._stream.cells()
-        value, self.error_bound = auroc_from_cells(cells, "pixel_auroc", "normal pixels", "defect pixels")
-        self._curve = thin_polyline(*roc_curve_from(cells))
+        bins = self._stream.score_bins()
+        value, self.error_bound = auroc_from_bins(bins, "pixel_auroc", "normal pixels", "defect pixels")
+        self._curve = thin_polyline(*roc_curve_from(bins))
         _warn_if_loose("pixel_auroc", self.error_bound)
         return value
 
@@ -516,9 +530,9 @@ class PRO(_PixelMetric):
         self.max_fpr = float(max_fpr)
 
     def compute(self, resources: Resources) -> float:
-        cells = self._stream.cells()
-        value, self.error_bound = pro_from_cells(cells, self._stream.n_regions, self.max_fpr, "pro")
-        self._curve = thin_polyline(*_cut_at(*pro_curve_from(cells, self._stream.n_regions), self.max_fpr))
+        bins = self._stream.score_bins()
+        value, self.error_bound = pro_from_bins(bins, self._stream.n_regions, self.max_fpr, "pro")
+        self._curve = thin_polyline(*_cut_at(*pro_curve_from(bins, self._stream.n_regions), self.max_fpr))
         _warn_if_loose("pro", self.error_bound)
         return value
 
@@ -540,7 +554,7 @@ class ImageAUROC:
     def compute(self, resources: Resources) -> float:
         scores = np.concatenate(self._scores) if self._scores else np.zeros(0)
         labels = np.concatenate(self._labels) if self._labels else np.zeros(0, bool)
-        return auroc_from_cells(exact_cells(scores, labels), "image_auroc", "normal images", "anomalous images")[0]
+        return auroc_from_bins(exact_bins(scores, labels), "image_auroc", "normal images", "anomalous images")[0]
 
 
 class ResourceMetric:

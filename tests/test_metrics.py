@@ -27,6 +27,7 @@ from anombench_plugins.metrics import (
     UndefinedMetricError,
     auroc,
     defect_region_sizes,
+    defect_regions,
     pro_curve,
     pro_score,
     trapezoid,
@@ -154,6 +155,16 @@ def test_regions_are_8_connected_per_image():
     assert pro_score(maps, masks) == pytest.approx(0.575, abs=1e-12)
     # The same blob split across two images is two regions.
     assert defect_region_sizes(np.ones((2, 2, 2), dtype=np.uint8))[1] == 2
+
+
+def test_regions_are_counted_per_image_for_the_bootstrap():
+    masks = np.zeros((4, 3, 5), dtype=np.uint8)
+    masks[1, 0, 0] = masks[1, 2, 4] = 1  # two regions
+    masks[3] = 1  # one region; images 0 and 2 are good
+    sizes, per_image = defect_regions(masks)
+    assert per_image.tolist() == [0, 2, 0, 1]
+    assert sizes.tolist() == [1, 1] + [15] * 15
+    assert defect_regions(np.zeros((0, 3, 5), dtype=np.uint8))[1].tolist() == []
 
 
 def test_ties_are_merged_like_the_official_script():
