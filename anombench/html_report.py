@@ -46,7 +46,7 @@ CURVES = {"pixel_auroc": ("pixel ROC", "false positive rate (pixels)", "true pos
 LINE_STYLES = [("-", "o"), ("--", "s"), ("-.", "^"), (":", "D"), ((0, (5, 1)), "v"), ((0, (1, 1)), "P")]
 LOG_FPR_ABOVE = 0.9  # a ROC panel whose every curve has AUC above this gets a log FPR axis (they hug 1.0)
 MAP_ALPHA = 0.45
-JPEG_QUALITY = 80
+JPEG_QUALITY = 75
 STYLE = """
 body { font-family: system-ui, sans-serif; max-width: 1500px; margin: 1.5em auto; padding: 0 1.5em; color: #222; }
 table { border-collapse: collapse; font-size: 12px; margin: 0.5em 0; }
@@ -78,9 +78,9 @@ def palette_png_uri(figure: plt.Figure) -> str:
 
 
 def jpeg_uri(figure: plt.Figure) -> str:
-    """A figure of photographs as a JPEG data URI."""
+    """A figure of photographs, laid out to its final size, as a JPEG data URI."""
     buffer = io.BytesIO()
-    figure.savefig(buffer, format="jpg", dpi=100, bbox_inches="tight", pil_kwargs={"quality": JPEG_QUALITY})
+    figure.savefig(buffer, format="jpg", dpi=100, pil_kwargs={"quality": JPEG_QUALITY})
     plt.close(figure)
     return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode()
 
@@ -156,6 +156,18 @@ def overlay_tile(image: np.ndarray, score_map: np.ndarray, mask: np.ndarray, nor
     return tile
 
 
+def _mosaic_layout(width: int, height: int) -> tuple[plt.Figure, plt.Axes, plt.Axes]:
+    """A figure that shows a width x height px mosaic at 1:1 (100 dpi), with fixed margins in inches for the row
+    names (left), the title (top) and the colour bar (right): laid out once, so saving draws it once."""
+    left, right, top, bottom = 1.05, 0.95, 0.3, 0.05  # inches
+    w, h = width / 100 + left + right, height / 100 + top + bottom
+    figure = plt.figure(figsize=(w, h))
+    axis = figure.add_axes((left / w, bottom / h, width / 100 / w, height / 100 / h))
+    bar = figure.add_axes(((left + width / 100 + 0.12) / w, bottom / h + 0.15 * height / 100 / h, 0.12 / w,
+                           0.7 * height / 100 / h))
+    return figure, axis, bar
+
+
 def overlay_figure(title: str, examples: Any) -> str:
     """A grid: one row per kind of example (named for what it shows), each test image with its map over it and
     the ground truth outlined; one colour scale for the whole cell (1st to 99.5th percentile of the kept maps),
@@ -168,8 +180,7 @@ def overlay_figure(title: str, examples: Any) -> str:
     gap, caption = 4, 26  # px between tiles, px under a tile for its caption
     step_x, step_y = size + gap, size + caption
     mosaic = np.ones((len(kinds) * step_y, columns * step_x - gap, 3), np.float32)
-    figure = plt.figure(figsize=(mosaic.shape[1] / 100 + 1.9, mosaic.shape[0] / 100 + 0.35))
-    axis = figure.add_axes((0.14, 0.0, 0.78 * mosaic.shape[1] / (mosaic.shape[1] + 50), 0.93))
+    figure, axis, bar_axis = _mosaic_layout(mosaic.shape[1], mosaic.shape[0])
     for row, kind in enumerate(kinds):
         for col in range(len(examples[f"{kind}_images"])):
             top, left = row * step_y, col * step_x
@@ -185,7 +196,7 @@ def overlay_figure(title: str, examples: Any) -> str:
     for spine in axis.spines.values():
         spine.set_visible(False)
     axis.tick_params(length=0)
-    bar = figure.colorbar(ScalarMappable(norm=norm, cmap="jet"), ax=axis, fraction=0.04, pad=0.02)
+    bar = figure.colorbar(ScalarMappable(norm=norm, cmap="jet"), cax=bar_axis)
     bar.set_label("anomaly score (map value)", fontsize=7)
     bar.ax.tick_params(labelsize=6)
     axis.set_title(title, fontsize=8)

@@ -119,20 +119,17 @@ def write_tables(run_dir: str | Path) -> None:
 
 
 class TableWriter:
-    """The runner's observer that refreshes table.md and table.csv after every stored cell. A table that cannot
-    be rendered is logged in one line and never raised: a table must not stop cells from running or being
-    stored (the cells are in cells.jsonl; ``anombench report`` renders them again later)."""
+    """The run observer (``runner.RunObserver``) that refreshes table.md and table.csv after each job's cells are
+    stored. A table that cannot be rendered is logged in one line and never raised: a table must not stop cells
+    from running or being stored (they are in cells.jsonl; ``anombench report`` renders them again later)."""
 
-    def __init__(self, run_dir: str | Path) -> None:
-        self.run_dir = Path(run_dir)
-
-    def cell_finished(self, store: RunStore) -> None:
+    def cells_finished(self, store: RunStore) -> None:
         try:
             write_tables(store.directory)
         except Exception as exc:  # noqa: BLE001  (whatever a table does wrong, the run goes on)
+            first_line = (str(exc).splitlines() or [""])[0]
             log.warning("%s: table.md not refreshed (%s: %s); the cells are stored, `anombench report %s` renders "
-                        "them", self.run_dir, type(exc).__name__, str(exc).splitlines()[0] if str(exc) else "",
-                        self.run_dir)
+                        "them", store.directory, type(exc).__name__, first_line, store.directory)
 
 
 def provenance_markdown(run_dir: str | Path) -> str:

@@ -25,7 +25,7 @@ from anombench.api import Batch, Scores
 from anombench.examples import ExampleKeeper
 from anombench.html_report import CURVES, SIZE_BUDGET, _style_axis, render_html
 from anombench.report import TableWriter, report_markdown, write_tables
-from anombench.results import ARTIFACTS, RunStore, write_json
+from anombench.results import RunStore, write_json
 from anombench.runner import run_suite
 from anombench.suite import build_suite
 from anombench_plugins.synthetic import defects_for, render
@@ -133,9 +133,12 @@ def fake_run(out: Path, records: list[dict[str, Any]], grid: list[str], datasets
     (out / "suite.yaml").write_text(yaml.safe_dump(doc))
     write_json(out / "run.json", {"grid": grid, "seeds": [0], "overrides": [],
                                   "family_sizes": {d: {"object": 15} for d in datasets}})
-    store = RunStore(out)
+    store = RunStore(out)  # the lines and files RunStore.add writes, written here so any record shape is possible
     for record in records:
-        store.add(record)
+        for name, payload in record.pop("artifacts", {}).items():
+            store.artifact_dir(record["cell"]).mkdir(parents=True, exist_ok=True)
+            (store.artifact_dir(record["cell"]) / name).write_bytes(payload)
+    (out / "cells.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
     return out
 
 
@@ -171,14 +174,14 @@ def test_a_table_that_cannot_be_rendered_is_logged_in_one_line_and_never_raised(
                    ["padim|mvtec|bottle|0"], ["mvtec"])
     (run / "suite.yaml").write_text("table: {cell: [no_such_metric]}\nmetrics: [pixel_auroc]\n")
     with caplog.at_level(logging.WARNING):
-        TableWriter(run).cell_finished(RunStore(run))
+        TableWriter().cells_finished(RunStore(run))
     assert len(caplog.records) == 1 and "\n" not in caplog.records[0].getMessage()
     assert "table.md not refreshed" in caplog.records[0].getMessage()
     assert "no_such_metric" in caplog.records[0].getMessage()
 
 
 @functools.lru_cache(maxsize=1)
-def test_images(category: str, index: int) -> tuple[list[tuple[str | None, int]], torch.Tensor, torch.Tensor]:
+def synthetic_test_set(category: str, index: int) -> tuple[list[tuple[str | None, int]], torch.Tensor, torch.Tensor]:
     """30 synthetic test images of a class (10 good, 20 defective), 224 px, with masks: rendered once per class."""
     defects = defects_for(category)
     items = [(None, n) for n in range(10)] + [(defects[n % len(defects)], n) for n in range(20)]
@@ -191,7 +194,7 @@ def example_artifacts(category: str, index: int, method: int) -> dict[str, bytes
     """examples.npz (the runner's own ExampleKeeper fed real synthetic test images and smooth maps peaking on
     the defects), curves.json (1000-point curves, as the metrics thin them) and scores.npz of one cell."""
     rng = np.random.default_rng(100 * index + method)
-    items, images, masks = test_images(category, index)
+    items, images, masks = synthetic_test_set(category, index)
     smooth = functools.partial(torch.nn.functional.interpolate, size=(224, 224), mode="bilinear")
     blurred = smooth(torch.nn.functional.avg_pool2d(masks[:, None].float(), 8))[:, 0]
     noise = smooth(torch.from_numpy(rng.random((len(items), 1, 14, 14), np.float32)))[:, 0]
@@ -221,7 +224,7 @@ def test_a_full_table_three_report_stays_under_the_size_budget(tmp_path):
             record = fake_record(method, "mvtec", f"class{index:02d}", 0,
                                  {"pixel_auroc": 0.95, "pro": 0.9, "image_auroc": 0.97, "fit_seconds": 30.0,
                                   "peak_rss_gb": 2.0})
-            record[ARTIFACTS] = example_artifacts(bases[index % 4], index, number)
+            record["artifacts"] = example_artifacts(bases[index % 4], index, number)
             records.append(record)
     run = fake_run(tmp_path / "run", records, [r["cell"] for r in records], ["mvtec"])
     page = render_html(run)
