@@ -55,6 +55,7 @@ th:first-child, td:first-child { text-align: left; }
 .scroll { overflow-x: auto; }
 img { display: block; max-width: 100%; height: auto; margin: 0.4em 0; }
 .grids { display: flex; flex-wrap: wrap; gap: 0.5em 1.5em; align-items: flex-start; }
+.grids img { width: calc(50% - 0.75em); min-width: 420px; }
 h2 { border-bottom: 2px solid #ddd; padding-bottom: 0.2em; margin-top: 1.5em; }
 h3 { margin: 1.2em 0 0.3em; }
 nav { background: #f6f6f6; padding: 0.4em 1em; columns: 3; font-size: 14px; }
@@ -228,11 +229,13 @@ def anchor(*parts: Any) -> str:
 
 
 def class_sections(store: RunStore, cells: pd.DataFrame) -> list[tuple[str, str, str]]:
-    """(anchor, heading, html) per (dataset, class, seed): the curves of every method, then each method's
-    example grid, side by side where the page is wide enough."""
+    """(anchor, heading, html) per (dataset, class): the curves of every method, then each method's example grid,
+    side by side where the page is wide enough. Of several seeds only the first finished one is drawn (its seed is
+    named): Table II's ten seeds would make the page ten times as large, and the tables average them all."""
     sections = []
     ok = cells[cells["status"] == "ok"]
     several_seeds = ok["seed"].nunique() > 1
+    ok = ok[ok["seed"] == ok.groupby(["dataset", "category"], sort=False)["seed"].transform("min")]
     for (dataset, category, seed), group in ok.groupby(["dataset", "category", "seed"], sort=False):
         heading = f"{dataset} / {category}" + (f" (seed {seed})" if several_seeds else "")
         curves, grids = {}, []

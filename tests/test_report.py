@@ -16,6 +16,7 @@ from typing import Any
 
 import matplotlib.pyplot as plt
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 import yaml
@@ -123,15 +124,15 @@ def fake_record(method: str, dataset: str, category: str, seed: int, metrics: di
 
 
 def fake_run(out: Path, records: list[dict[str, Any]], grid: list[str], datasets: list[str],
-             reference: dict[str, Any] | None = None) -> Path:
+             reference: dict[str, Any] | None = None, seeds: tuple[int, ...] = (0,)) -> Path:
     """A run directory as the runner leaves it (suite.yaml, run.json, cells.jsonl, artifacts), without fitting."""
     doc = {"name": "fake", "datasets": {d: {"plugin": "synthetic"} for d in datasets},
            "methods": {r["method"]: {"plugin": "padim"} for r in records},
-           "metrics": ["pixel_auroc", "pro", "image_auroc", "fit_seconds", "peak_rss_gb"], "seeds": [0],
+           "metrics": ["pixel_auroc", "pro", "image_auroc", "fit_seconds", "peak_rss_gb"], "seeds": list(seeds),
            "table": {"cell": ["pixel_auroc", "pro"], "aggregates": ["all"]}, "reference": reference or {}}
     out.mkdir(parents=True)
     (out / "suite.yaml").write_text(yaml.safe_dump(doc))
-    write_json(out / "run.json", {"grid": grid, "seeds": [0], "overrides": [],
+    write_json(out / "run.json", {"grid": grid, "seeds": list(seeds), "overrides": [],
                                   "family_sizes": {d: {"object": 15} for d in datasets}})
     store = RunStore(out)  # the lines and files RunStore.add writes, written here so any record shape is possible
     for record in records:
@@ -167,6 +168,20 @@ def test_two_datasets_on_one_class_and_a_substituted_model_render_everywhere(tmp
     page = render_html(run)
     assert f"<th>{label}</th>" in page and page.count("paper (different model) (98.1, 93.9)</small>") == 1
     assert '<h3 id="c-mvtec-bottle-0">mvtec / bottle</h3>' in page and "rd_mvtec / bottle" in page
+
+
+def test_several_seeds_show_mean_and_standard_error_keep_each_seed_in_the_csv_and_draw_one(tmp_path):
+    records = [fake_record("padim", "mvtec", "bottle", seed, {"pixel_auroc": value, "pro": 0.8})
+               for seed, value in ((0, 0.90), (1, 0.92))]
+    run = fake_run(tmp_path / "run", records, [r["cell"] for r in records], ["mvtec"], seeds=(0, 1))
+    write_tables(run)
+    assert "| bottle     | (91.0 ± 1.0, 80.0 ± 0.0)" in (run / "table.md").read_text()
+    assert "mean ± standard error over 2 seeds" in (run / "table.md").read_text()
+    csv = pd.read_csv(run / "table.csv")
+    per_seed = csv[(csv["table"] == "measurements") & (csv["metric"] == "pixel_auroc")]
+    assert list(per_seed["seed"]) == [0, 1] and list(per_seed["ours"]) == pytest.approx([90.0, 92.0])
+    page = render_html(run)
+    assert page.count("<h3 ") == 1 and "mvtec / bottle (seed 0)</h3>" in page
 
 
 def test_a_table_that_cannot_be_rendered_is_logged_in_one_line_and_never_raised(tmp_path, caplog):
