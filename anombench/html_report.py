@@ -36,6 +36,7 @@ from anombench.suite import TableSpec  # noqa: E402
 from anombench.tables import Footnotes, column_names, measurement_wide, table_notes, wide_table  # noqa: E402
 
 SIZE_BUDGET = 10_000_000  # bytes of report.html for a full Table III run (15 classes x 4 methods)
+TILE_BUDGET = 960  # test images drawn on one page: Table III's 60 grids of 4 kinds x 4 (about 6.5 kB each as JPEG)
 # examples.npz kinds (anombench.examples.ExampleKeeper) -> what the row shows
 KINDS = {"best": "highest-scored defects", "missed": "lowest-scored defects",
          "false_alarm": "highest-scored normals", "typical": "random test images"}
@@ -169,21 +170,21 @@ def _mosaic_layout(width: int, height: int) -> tuple[plt.Figure, plt.Axes, plt.A
     return figure, axis, bar
 
 
-def overlay_figure(title: str, examples: Any) -> str:
-    """A grid: one row per kind of example (named for what it shows), each test image with its map over it and
-    the ground truth outlined; one colour scale for the whole cell (1st to 99.5th percentile of the kept maps),
-    drawn as a colour bar, so rows compare. Composed as one mosaic at the thumbnails' resolution."""
+def overlay_figure(title: str, examples: Any, columns: int = 4) -> str:
+    """A grid: one row per kind of example (named for what it shows), up to ``columns`` test images each with its
+    map over it and the ground truth outlined; one colour scale for the whole cell (1st to 99.5th percentile of
+    the kept maps), drawn as a colour bar, so rows compare. Composed as one mosaic at the thumbnails' resolution."""
     kinds = [k for k in KINDS if f"{k}_images" in examples.files]
     maps = np.concatenate([examples[f"{k}_maps"].astype(np.float32).ravel() for k in kinds])
     norm = Normalize(float(np.percentile(maps, 1)), float(np.percentile(maps, 99.5)))
     size = examples[f"{kinds[0]}_images"].shape[1]
-    columns = max(len(examples[f"{k}_images"]) for k in kinds)
+    columns = min(columns, max(len(examples[f"{k}_images"]) for k in kinds))
     gap, caption = 4, 26  # px between tiles, px under a tile for its caption
     step_x, step_y = size + gap, size + caption
     mosaic = np.ones((len(kinds) * step_y, columns * step_x - gap, 3), np.float32)
     figure, axis, bar_axis = _mosaic_layout(mosaic.shape[1], mosaic.shape[0])
     for row, kind in enumerate(kinds):
-        for col in range(len(examples[f"{kind}_images"])):
+        for col in range(min(columns, len(examples[f"{kind}_images"]))):
             top, left = row * step_y, col * step_x
             mosaic[top:top + size, left:left + size] = overlay_tile(
                 examples[f"{kind}_images"][col], examples[f"{kind}_maps"][col], examples[f"{kind}_masks"][col], norm)
@@ -228,6 +229,12 @@ def anchor(*parts: Any) -> str:
     return "c-" + re.sub(r"[^A-Za-z0-9_-]+", "-", "-".join(str(p) for p in parts)).strip("-")
 
 
+def example_columns(grids: int) -> int:
+    """Test images per row of an example grid: 4 up to Table III's 60 grids, fewer on larger pages (Table VIII's
+    108: 2), so the page's photographs stay within ``TILE_BUDGET`` and the page within ``SIZE_BUDGET``."""
+    return max(1, min(4, TILE_BUDGET // (max(grids, 1) * len(KINDS))))
+
+
 def class_sections(store: RunStore, cells: pd.DataFrame) -> list[tuple[str, str, str]]:
     """(anchor, heading, html) per (dataset, class): the curves of every method, then each method's example grid,
     side by side where the page is wide enough. Of several seeds only the first finished one is drawn (its seed is
@@ -236,6 +243,7 @@ def class_sections(store: RunStore, cells: pd.DataFrame) -> list[tuple[str, str,
     ok = cells[cells["status"] == "ok"]
     several_seeds = ok["seed"].nunique() > 1
     ok = ok[ok["seed"] == ok.groupby(["dataset", "category"], sort=False)["seed"].transform("min")]
+    columns = example_columns(len(ok))
     for (dataset, category, seed), group in ok.groupby(["dataset", "category", "seed"], sort=False):
         heading = f"{dataset} / {category}" + (f" (seed {seed})" if several_seeds else "")
         curves, grids = {}, []
@@ -246,7 +254,7 @@ def class_sections(store: RunStore, cells: pd.DataFrame) -> list[tuple[str, str,
             if examples is not None and any(f"{k}_images" in examples.files for k in KINDS):
                 title = f"{row.label} on {dataset}/{category}: anomaly map over each image, ground truth outlined"
                 grids.append(f'<img loading="lazy" alt="examples {html.escape(row.label)}" '
-                             f'src="{overlay_figure(title, examples)}">')
+                             f'src="{overlay_figure(title, examples, columns)}">')
         parts = [f'<img loading="lazy" alt="curves {html.escape(str(category))}" src="{curves_figure(curves)}">'
                  ] if any(curves.values()) else ['<p class="note">no curves stored</p>']
         if grids:

@@ -24,7 +24,7 @@ from PIL import Image
 
 from anombench.api import Batch, Scores
 from anombench.examples import ExampleKeeper
-from anombench.html_report import CURVES, SIZE_BUDGET, _style_axis, render_html
+from anombench.html_report import CURVES, SIZE_BUDGET, _style_axis, example_columns, render_html
 from anombench.report import TableWriter, report_markdown, write_tables
 from anombench.results import RunStore, write_json
 from anombench.runner import run_suite
@@ -247,3 +247,7 @@ def test_a_full_table_three_report_stays_under_the_size_budget(tmp_path):
     print(f"synthetic 15 x 4 report: {size / 1e6:.2f} MB")
     assert len(parsed(page).images) == 15 * (1 + 4)
     assert size < SIZE_BUDGET, f"report.html of a 15-class x 4-method run is {size / 1e6:.1f} MB"
+
+
+def test_larger_pages_draw_fewer_examples_per_row():
+    assert [example_columns(n) for n in (8, 60, 75, 108, 225, 2000)] == [4, 4, 3, 2, 1, 1]
