@@ -24,6 +24,7 @@ Reference figures in a suite::
 from __future__ import annotations
 
 import math
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Iterable
 
@@ -122,7 +123,7 @@ def over_classes(rows: pd.DataFrame, metric: str) -> Figure:
     if metric not in rows:
         return Figure(NAN)
     undefined = [c for c, u in zip(rows["category"], rows["undefined"]) if u.get(metric)]
-    class_means = rows.groupby("category", sort=False)[metric].mean()
+    class_means = rows.groupby("category", sort=False)[metric].agg(lambda v: v.mean(skipna=False))
     if class_means.isna().any():
         return Figure(NAN, undefined=f"undefined for {', '.join(dict.fromkeys(undefined))}" if undefined else "")
     seed_sets = rows.groupby("category", sort=False)["seed"].apply(frozenset)
@@ -158,11 +159,11 @@ def row_labels(cells: pd.DataFrame) -> dict[tuple[str, str], str]:
     """(dataset, category) -> the table's row label: the category, or 'dataset:category' when two of the run's
     datasets (say mvtec and rd_mvtec, or two aliases of one plugin) have that class."""
     pairs = list(dict.fromkeys(zip(cells["dataset"], cells["category"])))
-    shared = {c for c in {c for _, c in pairs} if sum(1 for _, other in pairs if other == c) > 1}
-    return {(d, c): f"{d}:{c}" if c in shared else str(c) for d, c in pairs}
+    datasets_with = Counter(category for _, category in pairs)
+    return {(d, c): f"{d}:{c}" if datasets_with[c] > 1 else str(c) for d, c in pairs}
 
 
-@dataclass
+@dataclass(frozen=True)
 class Row:
     """One row of the paper-layout table for one method label, before scaling: a figure per metric."""
 
