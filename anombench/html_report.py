@@ -295,7 +295,9 @@ def stacked_table_html(wide: pd.DataFrame, spec: TableSpec, substituted: set[str
 
 
 def _notes_html(lines: list[str]) -> str:
-    return "".join(f'<p class="note">{html.escape(line)}</p>' for line in lines)
+    """Notes under a table; the line listing failed cells in red."""
+    return "".join(f'<p class="{"note failed" if line.startswith("FAILED") else "note"}">{html.escape(line)}</p>'
+                   for line in lines)
 
 
 def contents(sections: list[tuple[str, str, str]]) -> str:
