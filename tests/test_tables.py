@@ -1,18 +1,29 @@
-"""Tables: seeds averaged, the paper's group means, several datasets, formatting as the paper prints cells."""
+"""Tables: seeds averaged with their standard error, the paper's group means, several datasets, substituted
+models, undefined figures, intervals, every measurement, formatting as the paper prints cells."""
 
 from __future__ import annotations
+
+import io
+from typing import Any
 
 import pandas as pd
 import pytest
 
 from anombench.suite import TableSpec
-from anombench.tables import long_table, render_markdown, wide_table
+from anombench.tables import (Context, cells_frame, csv_frame, long_table, measurement_table, measurement_wide,
+                              render_markdown, wide_table)
+
+
+def record(method: str, dataset: str, category: str, family: str, seed: int, metrics: dict[str, float | None],
+           label: str | None = None, substituted: bool = False, **extra: Any) -> dict[str, Any]:
+    """A cell record as the runner stores it in cells.jsonl (the keys the tables read)."""
+    return {"cell": f"{method}|{dataset}|{category}|{seed}", "method": method, "label": label or method,
+            "substituted": substituted, "plugin": "padim", "dataset": dataset, "category": category, "family": family,
+            "seed": seed, "status": "ok", "error": None, "metrics": metrics, **extra}
 
 
 def cells(rows: list[tuple[str, str, str, str, int, float, float]]) -> pd.DataFrame:
-    return pd.DataFrame([{"cell": f"{m}|{d}|{c}|{s}", "method": m, "dataset": d, "category": c, "family": g,
-                          "seed": s, "status": "ok", "error": None, "pixel_auroc": a, "pro": p}
-                         for m, d, c, g, s, a, p in rows])
+    return cells_frame([record(m, d, c, g, s, {"pixel_auroc": a, "pro": p}) for m, d, c, g, s, a, p in rows])
 
 
 SPEC = TableSpec(cell=["pixel_auroc", "pro"], aggregates=["textures", "objects", "all"])
@@ -30,7 +41,8 @@ def test_seeds_are_averaged_and_group_means_follow_the_paper():
     assert long[("all", "pixel_auroc")] == pytest.approx((91.0 + 98.0 + 96.0) / 3)  # mean over classes
     wide = wide_table(long_table(frame, SPEC, {}), SPEC)
     assert list(wide.index) == ["carpet", "bottle", "screw", "textures", "objects", "all"]
-    assert wide.loc["carpet", "padim"] == "(91.0, 81.0)"
+    assert wide.loc["carpet", "padim"] == "(91.0 ± 1.0, 81.0 ± 1.0)"  # two seeds: mean ± standard error
+    assert wide.loc["bottle", "padim"] == "(98.0, 94.0)"
 
 
 def test_failed_cells_are_left_out_of_means_and_listed():
@@ -99,3 +111,89 @@ def test_one_dataset_of_a_several_dataset_table_takes_its_own_reference_figures(
     long = long_table(frame, spec, reference, ["mvtec"], family_sizes={"mvtec": {"object": 1}})
     assert long.set_index("category").loc["all", "diff"] == pytest.approx(1.0)
     assert set(long["category"]) == {"bottle", "all"} and "SPADE" not in set(long["method"])
+
+
+def test_two_datasets_on_one_class_give_two_rows():
+    """MVTec AD and Rd-MVTec AD on bottle (Table III beside Table VI), or two aliases of one plugin: one row per
+    dataset, named 'dataset:class', where pandas used to fail with duplicate labels."""
+    frame = cells([("padim", "mvtec", "bottle", "object", 0, 0.98, 0.94),
+                   ("padim", "rd_mvtec", "bottle", "object", 0, 0.96, 0.90),
+                   ("padim", "mvtec", "screw", "object", 0, 0.90, 0.80)])
+    reference = {"values": {"padim": {"mvtec:bottle": [98.1, 93.9]}}}
+    long = long_table(frame, SPEC, reference, ["mvtec", "rd_mvtec"])
+    wide = wide_table(long, SPEC)
+    assert list(wide.index)[:3] == ["mvtec:bottle", "rd_mvtec:bottle", "screw"]
+    assert wide.loc["rd_mvtec:bottle", "padim"] == "(96.0, 90.0)"
+    assert wide.loc["mvtec:bottle", "padim diff"] == "(-0.1, +0.1)" and wide.loc["rd_mvtec:bottle", "padim diff"] == ""
+    assert {"mvtec:objects", "rd_mvtec:objects"} <= set(wide.index)
+    measured = measurement_wide(measurement_table(frame, ["pixel_auroc"]))
+    assert list(measured["category"]) == ["mvtec:bottle", "rd_mvtec:bottle", "screw"]
+
+
+def test_undefined_figure_is_a_dash_with_its_reason_and_the_cells_other_figures_stay():
+    """A class without good images has no image AUROC; its pixel figures and times are shown, the group mean of
+    image AUROC is left out (a mean over fewer classes would pass for the group's), and a footnote says why."""
+    reason = "image AUROC needs good and defective test images; the test set has no good images"
+    frame = cells_frame([
+        record("padim", "mvtec", "bottle", "object", 0, {"image_auroc": 0.99, "pixel_auroc": 0.98, "fit_seconds": 3.0}),
+        record("padim", "mvtec", "toothbrush", "object", 0, {"image_auroc": None, "pixel_auroc": 0.97,
+                                                             "fit_seconds": 2.0}, undefined={"image_auroc": reason})])
+    spec = TableSpec(cell=["image_auroc", "pixel_auroc"], aggregates=["all"])
+    long = long_table(frame, spec, {})
+    text = render_markdown(long, spec, {}, [], measurement_table(frame, ["image_auroc", "pixel_auroc", "fit_seconds"]))
+    wide = wide_table(long, spec)
+    assert wide.loc["toothbrush", "padim"] == "(-[1], 97.0)"
+    assert wide.loc["all", "padim"] == "(-[2], 97.5)"
+    assert f"- [1] {reason} (image_auroc: padim on toothbrush)" in text
+    assert "- [2] undefined for toothbrush (image_auroc: padim on all)" in text
+    row = next(line for line in text.splitlines() if "| toothbrush" in line and "synthetic" not in line
+               and line.count("|") > 5)
+    assert "-[1]" in row and "97.0" in row and "2" in row  # the measurements row: fit s still there
+
+
+def test_substituted_model_is_labelled_everywhere_and_gets_no_difference():
+    label = "padim-r18-rd100 [backbone=efficientnet_lite0]"
+    frame = cells_frame([record("padim-r18-rd100", "mvtec", "bottle", "object", 0,
+                                {"pixel_auroc": 0.97, "pro": 0.9}, label=label, substituted=True)])
+    reference = {"source": "Table III", "values": {"padim-r18-rd100": {"bottle": [98.1, 93.9]}}}
+    long = long_table(frame, SPEC, reference)
+    assert set(long["method"]) == {label} and long["diff"].isna().all()
+    assert list(long.loc[long["category"] == "bottle", "paper"]) == [98.1, 93.9]
+    wide = wide_table(long, SPEC)
+    assert list(wide.columns) == [label, f"{label} paper (different model)"]
+    assert wide.loc["bottle", f"{label} paper (different model)"] == "(98.1, 93.9)"
+    text = render_markdown(long, SPEC, reference, [], measurement_table(frame, ["pixel_auroc"]))
+    assert "no difference is computed" in text and f"| {label}" in text  # the measurements row is labelled too
+    csv = pd.read_csv(io.StringIO(csv_frame(long, measurement_table(frame, ["pixel_auroc"])).to_csv(index=False)))
+    assert set(csv["method"]) == {label} and csv["substituted"].all()
+
+
+def test_intervals_are_shown_and_a_paper_figure_inside_ours_is_marked():
+    frame = cells_frame([record("padim", "mvtec", "bottle", "object", 0, {"pixel_auroc": 0.977, "pro": 0.95},
+                                intervals={"pixel_auroc": [0.971, 0.982], "pro": [0.94, 0.955]})])
+    reference = {"values": {"padim": {"bottle": [98.1, 93.9]}}}
+    long = long_table(frame, SPEC, reference)
+    wide = wide_table(long, SPEC)
+    assert wide.loc["bottle", "padim"] == "(97.7 [97.1, 98.2], 95.0 [94.0, 95.5])"
+    assert wide.loc["bottle", "padim diff"] == "(-0.4†, +1.1)"  # 98.1 lies inside [97.1, 98.2]; 93.9 not in its
+    text = render_markdown(long, SPEC, reference, [], context=Context(ci=0.95))
+    assert "95% bootstrap percentile interval" in text and "'†'" in text
+    table = csv_frame(long, measurement_table(frame, ["pixel_auroc", "pro"]))
+    paper = table[(table["table"] == "paper") & (table["metric"] == "pixel_auroc")].iloc[0]
+    assert (paper["lo"], paper["hi"]) == pytest.approx((97.1, 98.2)) and paper["paper_in_interval"]
+
+
+def test_every_measurement_is_in_the_measurements_table_and_the_csv_per_seed():
+    metrics = ["pixel_auroc", "image_auroc", "fit_seconds", "infer_seconds_per_image", "peak_rss_gb", "model_gb",
+               "a_plugin_metric"]
+    frame = cells_frame([record("padim", "mvtec", "bottle", "object", seed,
+                                {m: 0.5 + seed / 10 for m in metrics}) for seed in (0, 1)])
+    measurements = measurement_table(frame, metrics)
+    wide = measurement_wide(measurements)
+    assert list(wide.columns) == ["method", "dataset", "category", "seed", "pixel AUROC %", "image AUROC %", "fit s",
+                                  "inference s/image", "peak RSS GB", "model GB", "a_plugin_metric"]
+    assert list(wide["image AUROC %"]) == ["50.0", "60.0"] and list(wide["peak RSS GB"]) == ["0.5", "0.6"]
+    table = csv_frame(long_table(frame, SPEC, {}), measurements)
+    per_seed = table[table["table"] == "measurements"]
+    assert len(per_seed) == 2 * len(metrics) and set(per_seed["seed"]) == {0, 1}
+    assert set(table.loc[table["table"] == "paper", "seeds"].dropna()) == {2}
