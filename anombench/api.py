@@ -247,7 +247,7 @@ class Split(Protocol):
 class Dataset(Protocol):
     """A collection of categories, each with a train split (normal images only, all-zero masks) and a test split.
 
-    Samples follow this module's conventions; ids are unique within a dataset. ``seed`` is passed so that
+    Samples follow this module's conventions; ids are unique within a split. ``seed`` is passed so that
     randomised variants (Rd-MVTec AD) draw the same data for the same seed, and only then differ.
     """
 
