@@ -31,7 +31,7 @@ import yaml
 from anombench import params as paramcheck
 from anombench.errors import UserError
 from anombench.params import Range
-from anombench.plugins import Registry
+from anombench.plugins import Kind, Registry
 
 TOP_LEVEL_KEYS = ("name", "description", "datasets", "methods", "metrics", "seeds", "run", "table", "reference")
 TABLE_KEYS = ("rows", "columns", "cell", "percent", "aggregates", "title", "note")
@@ -300,6 +300,14 @@ def _entry(where: str, name: str, spec: Any) -> tuple[str, dict[str, Any], dict[
     return plugin, params, rest
 
 
+def _registered(registry: Registry, kind: Kind, name: str, where: str) -> Callable[..., Any]:
+    """The factory registered under ``name``; an unknown name is a one-line error naming the suite key."""
+    try:
+        return registry.get(kind, name).factory
+    except UserError as exc:
+        raise UserError(f"{where}: {exc}") from None
+
+
 def _datasets(where: str, doc: Any, registry: Registry) -> list[DatasetSpec]:
     specs = []
     for name, raw in _expect(where, doc, dict, "a mapping of dataset names").items():
@@ -311,7 +319,7 @@ def _datasets(where: str, doc: Any, registry: Registry) -> list[DatasetSpec]:
         categories = rest.get("categories")
         if categories is not None:
             categories = [str(c) for c in _expect(f"{at}.categories", categories, list, "a list of category names")]
-        factory = registry.get("dataset", plugin).factory
+        factory = _registered(registry, "dataset", plugin, f"{at}.plugin")
         paramcheck.validate(f"{at}.params", factory, params)
         specs.append(DatasetSpec(str(name), plugin, params, categories))
     if not specs:
@@ -326,7 +334,7 @@ def _methods(where: str, doc: Any, registry: Registry) -> list[MethodSpec]:
         plugin, params, rest = _entry(at, name, raw)
         if rest:
             raise UserError(f"{at}.{sorted(rest)[0]}: unknown key; allowed: plugin, params")
-        factory = registry.get("method", plugin).factory
+        factory = _registered(registry, "method", plugin, f"{at}.plugin")
         paramcheck.validate(f"{at}.params", factory, params, hidden=paramcheck.RUNNER_SUPPLIED)
         specs.append(MethodSpec(str(name), plugin, params))
     if not specs:
@@ -340,7 +348,7 @@ def _metrics(where: str, doc: Any, registry: Registry) -> dict[str, dict[str, An
     metrics = {}
     for name, params in _expect(where, doc, dict, "a list of metric names or a mapping name -> params").items():
         params = _expect(f"{where}.{name}", params or {}, dict, "a mapping of parameters")
-        paramcheck.validate(f"{where}.{name}", registry.get("metric", name).factory, params)
+        paramcheck.validate(f"{where}.{name}", _registered(registry, "metric", name, f"{where}.{name}"), params)
         metrics[str(name)] = params
     if not metrics:
         raise UserError(f"{where}: at least one metric is needed")
