@@ -295,17 +295,22 @@ def _same_sample(a: api.Sample, b: api.Sample) -> bool:
     return (a.id == b.id and a.label == b.label and torch.equal(a.image, b.image) and torch.equal(a.mask, b.mask))
 
 
+def _tensor_text(value: Any) -> str:
+    """'torch.float64 (3, 8, 8)' for a tensor, else the type's name: what an error shows of a wrong value."""
+    return f"{value.dtype} {tuple(value.shape)}" if isinstance(value, torch.Tensor) else type(value).__name__
+
+
 def _sample_problem(sample: Any) -> str | None:
     """What breaks api.py's sample conventions, or None."""
     if not isinstance(sample, api.Sample):
         return f"a split must yield anombench.api.Sample, got {type(sample).__name__}"
     image, mask = sample.image, sample.mask
     if not isinstance(image, torch.Tensor) or image.dtype != torch.float32 or image.ndim != 3 or image.shape[0] != 3:
-        return f"image must be a float32 tensor (3, H, W), got {getattr(image, 'dtype', type(image))} {tuple(getattr(image, 'shape', ()))}"
+        return f"image must be a float32 tensor (3, H, W), got {_tensor_text(image)}"
     if not torch.isfinite(image).all() or image.min() < 0 or image.max() > 1:
         return f"image values must be in [0, 1], got [{float(image.min())}, {float(image.max())}]"
     if not isinstance(mask, torch.Tensor) or mask.dtype != torch.uint8 or tuple(mask.shape) != tuple(image.shape[1:]):
-        return f"mask must be a uint8 tensor (H, W) = {tuple(image.shape[1:])}, got {getattr(mask, 'dtype', type(mask))} {tuple(getattr(mask, 'shape', ()))}"
+        return f"mask must be a uint8 tensor (H, W) = {tuple(image.shape[1:])}, got {_tensor_text(mask)}"
     if not set(torch.unique(mask).tolist()) <= {0, 1}:
         return f"mask values must be 0/1, got {sorted(torch.unique(mask).tolist())[:5]}"
     if not isinstance(sample.label, int) or isinstance(sample.label, bool) or sample.label not in (0, 1):

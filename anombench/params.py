@@ -99,9 +99,13 @@ class Length(Constraint):
         if not isinstance(value, (list, tuple, str)):
             return None
         if (self.lo is not None and len(value) < self.lo) or (self.hi is not None and len(value) > self.hi):
-            bounds = Range(self.lo, self.hi)
-            return f"must have {bounds} items, got {len(value)}"
+            return f"must have {self} items, got {len(value)}"
         return None
+
+    def __str__(self) -> str:
+        if self.lo is not None and self.hi is not None:
+            return f"{self.lo} to {self.hi}"
+        return f"at least {self.lo}" if self.lo is not None else f"at most {self.hi}"
 
 
 @dataclass(frozen=True)

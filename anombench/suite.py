@@ -282,10 +282,11 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
         raise UserError(f"{path}: suite file not found")
     try:
         doc = yaml.safe_load(path.read_text())
+    except yaml.MarkedYAMLError as exc:
+        at = f" at line {exc.problem_mark.line + 1}" if exc.problem_mark else ""
+        raise UserError(f"{path}: not valid YAML{at}: {exc.problem or exc}") from None
     except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        at = f" at line {mark.line + 1}" if mark else ""
-        raise UserError(f"{path}: not valid YAML{at}: {getattr(exc, 'problem', exc)}") from None
+        raise UserError(f"{path}: not valid YAML: {exc}") from None
     if not isinstance(doc, dict):
         raise UserError(f"{path}: a suite must be a mapping with keys {', '.join(TOP_LEVEL_KEYS)}")
     return doc
@@ -362,9 +363,9 @@ def _table(where: str, doc: Any, metrics: dict[str, Any]) -> TableSpec:
         raise UserError(f"{where}.{sorted(unknown)[0]}: unknown key; allowed: {', '.join(TABLE_KEYS)}")
     table = TableSpec(**{**doc, "cell": list(doc.get("cell") or list(metrics)[:2]),
                          "aggregates": list(doc.get("aggregates") or [])})
-    for axis in ("rows", "columns"):
-        if getattr(table, axis) not in ("category", "method"):
-            raise UserError(f"{where}.{axis}: expected 'category' or 'method', got {getattr(table, axis)!r}")
+    for axis, value in (("rows", table.rows), ("columns", table.columns)):
+        if value not in ("category", "method"):
+            raise UserError(f"{where}.{axis}: expected 'category' or 'method', got {value!r}")
     if table.rows == table.columns:
         raise UserError(f"{where}: rows and columns must differ (one 'category', one 'method')")
     for metric in table.cell:

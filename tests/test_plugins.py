@@ -17,6 +17,7 @@ from anombench import hookimpl
 from anombench.errors import UserError
 from anombench.plugins import registry
 from anombench.testing import registered
+from sites import write_dist_info
 
 THIRDPARTY = Path(__file__).parent / "thirdparty"
 LIGHT = "synthetic,metrics"  # built-ins without torchvision/timm: quicker subprocesses
@@ -32,22 +33,12 @@ BROKEN = {  # distribution -> (entry point, module source)
 }
 
 
-def install(site: Path, dist: str, entry: str, module: str, source: str | None = None) -> None:
-    """A distribution as `pip install` leaves it: the module (if given) and a dist-info naming its entry point."""
-    if source is not None:
-        (site / f"{module}.py").write_text(source)
-    info = site / f"{dist.replace('-', '_')}-0.3.dist-info"
-    info.mkdir()
-    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist}\nVersion: 0.3\n")
-    (info / "entry_points.txt").write_text(f"[anombench]\n{entry} = {module}\n")
-
-
 @pytest.fixture(scope="module")
 def site(tmp_path_factory) -> Path:
     site = tmp_path_factory.mktemp("site")
     for dist, (entry, source) in BROKEN.items():
-        install(site, dist, entry, f"anombench_{entry}", source)
-    install(site, "anombench-pixelstats", "pixelstats", "anombench_pixelstats")  # a healthy one, from tests/
+        write_dist_info(site, dist, "0.3", entry, f"anombench_{entry}", source)
+    write_dist_info(site, "anombench-pixelstats", "0.3", "pixelstats", "anombench_pixelstats")  # a healthy one
     return site
 
 
