@@ -120,6 +120,10 @@ def cmd_list(args: argparse.Namespace) -> int:
             params = ", ".join(allowed_parameters(entry.factory, RUNNER_SUPPLIED))
             print(f"  {name:<24} {entry.distribution} {entry.version}  (plugin '{entry.plugin}')"
                   + (f"  params: {params}" if params else ""))
+    if reg.broken:
+        print("broken plugins (skipped):")
+        for plugin in reg.broken:
+            print(f"  {plugin.plugin:<24} {plugin.distribution} {plugin.version}  ({plugin.target})  {plugin.error}")
     return 0
 
 
@@ -186,8 +190,10 @@ def build_parser() -> argparse.ArgumentParser:
     compare.set_defaults(handler=cmd_compare)
 
     listing = sub.add_parser("list", help="list registered methods, datasets and metrics",
-                             description="List every registered plugin thing with the distribution that provides it. "
-                                         "ANOMBENCH_PLUGINS=a,b limits which entry points load.")
+                             description="List every registered method, dataset and metric with the plugin and "
+                                         "distribution that provide it, and the plugins skipped as broken. "
+                                         "ANOMBENCH_PLUGINS=a,b picks the third-party plugins to load (built-ins "
+                                         "stay unless named); ANOMBENCH_DISABLE_PLUGINS=a,b skips plugins.")
     listing.set_defaults(handler=cmd_list)
 
     data = sub.add_parser("data", help="download or check a dataset",

@@ -1,23 +1,25 @@
-"""Shared fixtures: the real plugin registry (built-ins through their entry points) plus the third-party
-test plugin in tests/thirdparty registered in-process, the way simonw/llm's tests register a plugin."""
+"""Shared fixtures: the real plugin registry (built-ins through their entry points) plus the third-party test
+plugin in tests/thirdparty, registered in-process with ``anombench.testing`` (as simonw/llm's tests register a
+plugin); ``register_plugin`` registers a plugin object for one test."""
 
 from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 
-from anombench.plugins import Registry, collect, make_plugin_manager
+from anombench.plugins import Registry
+from anombench.testing import register_plugin, registered  # noqa: F401  (register_plugin: a fixture for every test)
 
 THIRDPARTY = Path(__file__).parent / "thirdparty"
 
 
 @pytest.fixture(scope="session")
-def registry() -> Registry:
-    sys.path.insert(0, str(THIRDPARTY))
+def registry() -> Iterator[Registry]:
+    sys.path.insert(0, str(THIRDPARTY))  # the test plugin ships as a folder here, not as an installed distribution
     import anombench_pixelstats
 
-    pm, entry_points = make_plugin_manager()
-    pm.register(anombench_pixelstats, name="pixelstats")
-    return collect(pm, entry_points)
+    with registered(anombench_pixelstats, name="pixelstats") as reg:
+        yield reg

@@ -9,7 +9,9 @@ import yaml
 
 from anombench.errors import UserError
 from anombench.params import matches
-from anombench.suite import Cell, apply_overrides, build_suite, expand, load_suite, parse_override
+from anombench import hookimpl
+from anombench.suite import (Cell, apply_overrides, build_suite, check_reference_categories, expand, load_suite,
+                             parse_override)
 
 
 def base_doc() -> dict:
@@ -34,14 +36,17 @@ def test_valid_suite_builds(registry):
     suite = build_suite(base_doc(), "s.yaml", registry)
     assert [m.name for m in suite.methods] == ["pg"]
     assert suite.metrics == {"image_auroc": {}}
-    assert suite.batch_size == 16 and suite.seeds == [0]
+    assert suite.seeds == [0]
+    assert (suite.batch_size, suite.workers, suite.threads) == (None, None, None)  # the runner picks
+    assert (suite.cell_timeout, suite.max_memory_gb, suite.ci, suite.ci_resamples) == (None, None, None, 1000)
 
 
 def test_unknown_method_plugin_lists_registered(registry):
     doc = base_doc()
     doc["methods"]["pg"]["plugin"] = "padimm"
     message = error_of(doc, registry)
-    assert "unknown method 'padimm'" in message and "pixel_gaussian" in message
+    assert message.startswith("s.yaml: methods.pg.plugin: unknown method 'padimm'; registered methods:")
+    assert "pixel_gaussian" in message
 
 
 def test_unknown_parameter_names_key_and_allowed(registry):
@@ -67,8 +72,14 @@ def test_runner_supplied_parameter_is_refused(registry):
 
 @pytest.mark.parametrize("key,value,expected", [
     ("seeds", "zero", "seeds: expected a list of integers"),
-    ("run", {"batch_sizes": 3}, "run.batch_sizes: unknown key; allowed: batch_size, workers"),
-    ("run", {"batch_size": 0}, "run.batch_size: must be positive"),
+    ("run", {"batch_sizes": 3}, "run.batch_sizes: unknown key; allowed: batch_size, workers, threads, cell_timeout"),
+    ("run", {"batch_size": 0}, "run.batch_size: must be >= 1, got 0"),
+    ("run", {"workers": 1.5}, "run.workers: expected int >= 0 | None, got 1.5"),
+    ("run", {"cell_timeout": 0}, "run.cell_timeout: must be > 0, got 0"),
+    ("run", {"max_memory_gb": -1}, "run.max_memory_gb: must be > 0, got -1"),
+    ("run", {"ci": 95}, "run.ci: must be in (0, 1), got 95"),
+    ("run", {"ci_resamples": 0}, "run.ci_resamples: must be >= 1, got 0"),
+    ("run", [16], "run: expected a mapping"),
     ("table", {"cell": ["pro"]}, "table.cell: metric 'pro' is not in the suite's metrics"),
     ("table", {"rows": "seed"}, "table.rows: expected 'category' or 'method'"),
     ("table", {"aggregates": ["metals"]}, "unknown aggregate 'metals'"),
@@ -111,8 +122,38 @@ def test_datasets_and_methods_shorthands_keep_the_listed_entries():
     doc = {"datasets": {"mvtec": {}, "stc": {}}, "methods": {"a": {}, "b": {}, "c": {}}}
     out = apply_overrides(doc, [("datasets", ["mvtec"]), ("methods", ["c", "a"])], {})
     assert list(out["datasets"]) == ["mvtec"] and list(out["methods"]) == ["a", "c"]  # the suite's order
-    with pytest.raises(UserError, match=r"--set methods=\['z'\]: \['z'\] not in the suite; its methods: a, b, c"):
+    with pytest.raises(UserError, match=r"^--set methods: no method 'z' in the suite; its methods: a, b, c$"):
         apply_overrides(doc, [("methods", ["z"])], {})
+
+
+@pytest.mark.parametrize("text,expected", [
+    ("categories=bottle", ["bottle"]), ("categories=bottle,cable", ["bottle", "cable"]),
+    ("categories=[bottle, cable]", ["bottle", "cable"]), ("categories=001", ["001"]),
+])
+def test_list_shorthands_need_no_brackets(text, expected):
+    out = apply_overrides({"datasets": {"mvtec": {}}}, [parse_override(text)], {})
+    assert out["datasets"]["mvtec"]["categories"] == expected
+
+
+def test_methods_and_seeds_shorthands_read_comma_lists():
+    doc = {"methods": {"spade": {}, "padim-r18-rd100": {}, "vae": {}}}
+    out = apply_overrides(doc, [parse_override("methods=spade,padim-r18-rd100"), parse_override("seeds=0,1")], {})
+    assert list(out["methods"]) == ["spade", "padim-r18-rd100"] and out["seeds"] == [0, 1]
+    assert apply_overrides(doc, [parse_override("seeds=3")], {})["seeds"] == [3]
+    with pytest.raises(UserError, match="^--set methods: no method 'padim' in the suite; its methods: spade, "
+                                        "padim-r18-rd100, vae$"):
+        apply_overrides(doc, [parse_override("methods=spade,padim")], {})
+
+
+def test_run_shorthands_reach_the_run_block(tmp_path, registry):
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump(base_doc()))
+    suite = load_suite(path, registry, ["threads=2", "cell_timeout=20", "max_memory_gb=3", "ci=0.95",
+                                        "ci_resamples=200", "workers=0"])
+    assert (suite.threads, suite.cell_timeout, suite.max_memory_gb, suite.ci, suite.ci_resamples, suite.workers) \
+        == (2, 20, 3, 0.95, 200, 0)
+    with pytest.raises(UserError, match=r"s.yaml: run.ci: must be in \(0, 1\), got 2"):
+        load_suite(path, registry, ["ci=2"])
 
 
 def test_overrides_reach_entries_written_without_a_value():
@@ -164,3 +205,66 @@ def test_backbone_shorthand_reaches_only_methods_with_a_backbone(tmp_path, regis
     suite = load_suite(path, registry, ["backbone=efficientnet_lite0"])
     params = {m.name: m.params for m in suite.methods}
     assert params["padim"]["backbone"] == "efficientnet_lite0" and "backbone" not in params["pg"]
+
+
+def with_reference(reference: dict) -> dict:
+    doc = base_doc()
+    doc["metrics"] = ["pixel_auroc", "pro"]
+    doc["table"] = {"cell": ["pixel_auroc", "pro"], "aggregates": ["all"]}
+    doc["reference"] = reference
+    return doc
+
+
+def test_a_valid_reference_block_is_kept(registry):
+    reference = {"source": "Defard et al.", "values": {"pg": {"disc": [98.1, None], "all": [97.0, 91.0]}},
+                 "only": {"AE-SSIM": {"disc": [93.0, 83.4]}}}
+    assert build_suite(with_reference(reference), "s.yaml", registry).reference == reference
+
+
+@pytest.mark.parametrize("reference,expected", [
+    ({"value": {}}, "s.yaml: reference.value: unknown key; allowed: source, values, only"),
+    ({"values": {"pgg": {"all": [1, 2]}}}, "s.yaml: reference.values.pgg: no method 'pgg' in the suite; its "
+                                           "methods: pg (put methods the paper quotes"),
+    ({"values": {"pg": {"all": 97.0}}}, "s.yaml: reference.values.pg.all: expected a list of 2 figures"),
+    ({"values": {"pg": {"all": [1, 2, 3]}}}, "reference.values.pg.all: expected a list of 2 figures"),
+    ({"only": {"X": {"all": ["high", 2]}}}, "reference.only.X.all: figures must be numbers or null, got 'high'"),
+    ({"values": {"pg": {"textures": [1, 2]}}}, "reference.values.pg.textures: aggregate 'textures' is not in "
+                                               "table.aggregates (all)"),
+    ({"values": {"pg": {"mvtec:all": [1, 2]}}}, "reference.values.pg.mvtec:all: no dataset 'mvtec' in the suite"),
+    ({"values": ["pg"]}, "s.yaml: reference.values: expected a mapping"),
+])
+def test_reference_mistakes_are_one_line_naming_the_key(registry, reference, expected):
+    assert expected in error_of(with_reference(reference), registry)
+
+
+def test_reference_categories_are_checked_against_the_datasets(registry):
+    reference = {"values": {"pg": {"disc": [1, 2], "all": [1, 2]}}, "only": {"X": {"dsic": [1, 2]}}}
+    suite = build_suite(with_reference(reference), "s.yaml", registry)
+    with pytest.raises(UserError, match=r"^s.yaml: reference.only.X.dsic: no category 'dsic' in synthetic; its "
+                                        r"categories: disc, stripes$"):
+        check_reference_categories(suite, {"synthetic": ["stripes", "disc"]})
+    check_reference_categories(suite, {"synthetic": ["stripes", "disc", "dsic"]})
+
+
+def test_dataset_and_method_entries_are_both_named_by_name(registry):
+    suite = build_suite(base_doc(), "s.yaml", registry)
+    assert suite.datasets[0].name == "synthetic" == suite.datasets[0].alias and suite.methods[0].name == "pg"
+
+
+def test_a_plugin_class_without_init_takes_no_parameters(register_plugin):
+    class Plain:
+        def update(self, scores, batch): ...
+        def compute(self, resources): return 0.0
+
+    class Plugin:
+        @hookimpl
+        def anombench_register_metrics(self, register):
+            register("plain", Plain)
+
+    registry = register_plugin(Plugin())
+    doc = base_doc()
+    doc["metrics"] = {"plain": {"bins": 3}}
+    doc["table"] = {"cell": ["plain"]}
+    assert error_of(doc, registry) == "s.yaml: metrics.plain.bins: unknown parameter; allowed: none"
+    doc["metrics"] = {"plain": {}}
+    assert build_suite(doc, "s.yaml", registry).metrics == {"plain": {}}

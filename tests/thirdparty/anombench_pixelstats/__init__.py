@@ -1,4 +1,4 @@
-"""A third-party method plugin, laid out as an outside author would ship it (see tests/test_thirdparty.py).
+"""A third-party method plugin, laid out as an outside author would ship it (tests/test_cli.py installs it).
 
 PixelGaussian: a per-pixel Gaussian over raw colours, fitted by streaming sums; the anomaly map is the
 per-pixel Mahalanobis distance with a diagonal covariance. Crude, but real, fast and deterministic.
@@ -6,17 +6,19 @@ per-pixel Mahalanobis distance with a diagonal covariance. Crude, but real, fast
 
 from __future__ import annotations
 
-from typing import Iterable
+from typing import Annotated, Iterable
 
 import numpy as np
 import torch
 
 from anombench import hookimpl
-from anombench.api import Batch, Scores
+from anombench.api import Batch, NotFitted, Scores
+from anombench.params import Range
 
 
 class PixelGaussian:
-    def __init__(self, min_std: float = 0.02, device: str = "cpu", seed: int = 0) -> None:
+    def __init__(self, min_std: Annotated[float, Range(0, None, lo_open=True)] = 0.02, device: str = "cpu",
+                 seed: int = 0) -> None:
         self.min_std = min_std
         self.mean: torch.Tensor | None = None
         self.std: torch.Tensor | None = None
@@ -32,6 +34,8 @@ class PixelGaussian:
         self.std = (total_sq / count - self.mean ** 2).clamp_min(0).sqrt().clamp_min(self.min_std)
 
     def score_maps(self, batch: Batch) -> Scores:
+        if self.mean is None:
+            raise NotFitted("PixelGaussian: score_maps before fit")
         z = ((batch.images.double() - self.mean) / self.std) ** 2
         maps = z.sum(1).sqrt().float().numpy()
         return Scores(maps=maps, image_scores=maps.reshape(len(batch), -1).max(1).astype(np.float32))
