@@ -340,6 +340,18 @@ def looks_like_category_folder(root: Path) -> str | None:
     return None
 
 
+def mask_size_mismatches(records: list[Record]) -> list[str]:
+    """Every defect image needs a mask of its own size: found now, from file headers, not mid-evaluation."""
+    problems = []
+    for record in records:
+        if isinstance(record.mask, MaskFile):
+            image_wh, mask_wh = image_size(Path(record.image)), image_size(Path(record.mask.path))
+            if image_wh != mask_wh:
+                problems.append(f"mask {record.mask.path} is {size_text(mask_wh)} but its image {record.image} "
+                                f"is {size_text(image_wh)}")
+    return problems
+
+
 def resolve_root(root: str | None, env_var: str, missing_hint: str) -> Path:
     """The dataset root from the parameter or else the environment variable; a clear error if neither exists.
 

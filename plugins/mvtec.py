@@ -60,6 +60,7 @@ from anombench_plugins.imagefiles import (
     MaskLookup,
     check_one_size,
     looks_like_category_folder,
+    mask_size_mismatches,
     resize_pair,
     resolve_root,
     size_text,
@@ -120,18 +121,6 @@ def _extra_masks(category_dir: Path) -> list[str]:
         extra += [f"extra mask: {mask} has no image in {category_dir / 'test' / folder.name}" for mask in list_images(folder)
                   if mask.stem.lower().removesuffix("_mask") not in stems]
     return extra
-
-
-def _size_mismatches(records: list[Record]) -> list[str]:
-    """Every defect image needs a mask of its own size: found now, from file headers, not mid-evaluation."""
-    problems = []
-    for record in records:
-        if isinstance(record.mask, MaskFile):
-            image_wh, mask_wh = image_size(Path(record.image)), image_size(Path(record.mask.path))
-            if image_wh != mask_wh:
-                problems.append(f"mask {record.mask.path} is {size_text(mask_wh)} but its image {record.image} "
-                                f"is {size_text(image_wh)}")
-    return problems
 
 
 def _family_of(category: str) -> Family:
@@ -278,7 +267,7 @@ class MVTecAD:
             raise UserError(f"no test images in {category_dir / 'test'}: the category is incomplete, download it again")
         if missing:
             raise UserError(f"{len(missing)} defect image(s) in {category_dir / 'test'} have no mask, e.g. {missing[0]}")
-        mismatched = _size_mismatches(records)
+        mismatched = mask_size_mismatches(records)
         if mismatched:
             raise UserError(mismatched[0])
         self._check_native_size(category)
@@ -291,7 +280,7 @@ class MVTecAD:
         records, missing = _defect_records(category_dir)
         empty = [f"no images in {folder}" for folder in (category_dir / "train" / GOOD, category_dir / "test")
                  if not list_images(folder) and not list_subfolders(folder)]
-        return empty + [f"missing mask: {m}" for m in missing] + _extra_masks(category_dir) + _size_mismatches(records)
+        return empty + [f"missing mask: {m}" for m in missing] + _extra_masks(category_dir) + mask_size_mismatches(records)
 
     def _check_native_size(self, category: str) -> None:
         if self.image_size is None:
