@@ -345,7 +345,11 @@ def mask_size_mismatches(records: list[Record]) -> list[str]:
     problems = []
     for record in records:
         if isinstance(record.mask, MaskFile):
-            image_wh, mask_wh = image_size(Path(record.image)), image_size(Path(record.mask.path))
+            try:
+                image_wh, mask_wh = image_size(Path(record.image)), image_size(Path(record.mask.path))
+            except UserError as exc:  # an unreadable header: reported as the broken file it is
+                problems.append(f"broken file: {exc}")
+                continue
             if image_wh != mask_wh:
                 problems.append(f"mask {record.mask.path} is {size_text(mask_wh)} but its image {record.image} "
                                 f"is {size_text(image_wh)}")

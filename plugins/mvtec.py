@@ -278,8 +278,9 @@ class MVTecAD:
         missing masks, masks without an image, masks of the wrong size, an empty train or test folder."""
         category_dir = self._category_dir(category)
         records, missing = _defect_records(category_dir)
-        empty = [f"no images in {folder}" for folder in (category_dir / "train" / GOOD, category_dir / "test")
-                 if not list_images(folder) and not list_subfolders(folder)]
+        empty = [f"no images in {folder}" for folder, found in ((category_dir / "train" / GOOD, list_images),
+                                                                 (category_dir / "test", list_subfolders))
+                 if not found(folder)]
         return empty + [f"missing mask: {m}" for m in missing] + _extra_masks(category_dir) + mask_size_mismatches(records)
 
     def _check_native_size(self, category: str) -> None:

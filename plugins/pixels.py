@@ -86,7 +86,16 @@ def apply_orientation(values: np.ndarray, orientation: int) -> np.ndarray:
 
 
 def orientation_of(image: Image.Image) -> int:
-    value = image.getexif().get(ORIENTATION_TAG, 1)
+    """The EXIF orientation (1 = as stored). For a PNG only what its chunks read so far hold: Pillow's
+    ``getexif`` would decode the whole image to find an eXIf chunk after the pixels, and header checks must
+    stay cheap (and must not fail on a truncated file's pixel data)."""
+    if image.format == "PNG":
+        exif = Image.Exif()
+        if raw := image.info.get("exif"):
+            exif.load(raw)
+        value = exif.get(ORIENTATION_TAG, 1)
+    else:
+        value = image.getexif().get(ORIENTATION_TAG, 1)
     return value if isinstance(value, int) and 1 <= value <= 8 else 1
 
 
@@ -255,8 +264,8 @@ def read_samples(path: str) -> Samples:
         with Image.open(path) as image:
             if _needs_tifffile(image):
                 return _tiff_samples_or_error(path)
-            orientation = orientation_of(image)
             image.load()
+            orientation = orientation_of(image)
             samples = _pillow_samples(path, image, header)
     except UserError:
         raise
