@@ -174,10 +174,12 @@ def evaluate_suite_doc(maps: str, dataset: str, root: str, category: str, image_
     """The in-memory suite ``anombench evaluate`` runs: saved maps of one category scored by the usual metrics.
     One category per suite because the saved_maps method is told its category by a parameter."""
     sizes = {"image_size": image_size, "crop_size": crop_size}
+    data = {"root": root, **sizes}
     return {
         "name": "evaluate",
-        "datasets": {dataset: {"plugin": dataset, "params": {"root": root, **sizes}, "categories": [category]}},
-        "methods": {"saved_maps": {"plugin": "saved_maps", "params": {"root": maps, "category": category, **sizes}}},
+        "datasets": {dataset: {"plugin": dataset, "params": data, "categories": [category]}},
+        "methods": {"saved_maps": {"plugin": "saved_maps", "params": {"root": maps, "category": category, **sizes,
+                                                                      "dataset": dataset, "dataset_params": data}}},
         "metrics": ["pixel_auroc", "pro", "image_auroc"],
         "seeds": [0],
         "run": {"batch_size": 8, "workers": 0},

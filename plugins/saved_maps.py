@@ -6,7 +6,9 @@ One map per test image at ``<root>/<category>/<sample id>.<ext>``, the sample id
   Scores are compared only with each other, so any monotone scale works; the values are not clipped.
 - size: the dataset's output resolution (the batch's H x W), used as is; or, with ``image_size`` (and
   ``crop_size``) set to the dataset's, the image's original resolution, put through the dataset's own
-  geometric transform for masks (nearest resize, centre crop), so map and mask stay aligned.
+  geometric transform for masks (nearest resize, centre crop), so map and mask stay aligned. The original
+  size is checked against the test image itself when ``dataset`` (a dataset plugin name) and
+  ``dataset_params`` (its params, with ``root``) say where the images are; ``anombench evaluate`` sets them.
 - image scores: ``<root>/<category>/image_scores.csv`` (columns id, score) when present, else the map's maximum.
 
 A missing or mis-sized map is a one-line error naming the file and the expected size. ``fit`` reads nothing:
@@ -28,7 +30,7 @@ from anombench import hookimpl
 from anombench.api import Batch, Scores
 from anombench.errors import UserError
 from anombench.hookspecs import Register
-from anombench_plugins.imagefiles import ResizeCrop, check_sizes, list_subfolders, size_text
+from anombench_plugins.imagefiles import ResizeCrop, check_sizes, image_size, list_subfolders, size_text
 
 MAP_SUFFIXES = (".npy", ".tiff", ".tif", ".png")
 SCORE_FILE = "image_scores.csv"
@@ -71,6 +73,8 @@ class SavedMaps:
         category: str | None = None,
         image_size: int | None = None,
         crop_size: int | None = None,
+        dataset: str | None = None,
+        dataset_params: dict[str, object] | None = None,
         device: str = "cpu",
         seed: int = 0,
     ) -> None:
@@ -78,6 +82,8 @@ class SavedMaps:
         self.root = Path(root).expanduser()
         self.transform = ResizeCrop(image_size, crop_size)
         self.category = category
+        self.dataset, self.dataset_params = dataset, dict(dataset_params or {})
+        self.image_sizes: dict[str, tuple[int, int]] = {}
         self.folder: Path | None = None
         self.scores: dict[str, float] | None = None
 
@@ -92,6 +98,16 @@ class SavedMaps:
             raise UserError(f"saved_maps: no maps folder {self.folder}")
         score_file = self.folder / SCORE_FILE
         self.scores = read_image_scores(score_file) if score_file.is_file() else None
+        self.image_sizes = self._original_sizes()
+
+    def _original_sizes(self) -> dict[str, tuple[int, int]]:
+        """(height, width) of each test image by id, from file headers, when the dataset is known."""
+        if self.dataset is None or self.transform.image_size is None:
+            return {}
+        from anombench.plugins import registry
+
+        test = registry().get("dataset", self.dataset).factory(**self.dataset_params).test(self._category(), 0)
+        return {r.id: image_size(Path(r.image))[::-1] for r in getattr(test, "records", [])}
 
     def _category(self) -> str:
         if self.category:
@@ -117,16 +133,19 @@ class SavedMaps:
         stored = (values.shape[1], values.shape[0])
         if values.shape == size:
             return values
-        if self.transform.image_size is not None:
+        original = self.image_sizes.get(path.relative_to(self.folder).with_suffix("").as_posix())
+        if self.transform.image_size is not None and original in (None, values.shape):
             as_image = Image.fromarray(values)  # mode F
             _, resized = self.transform(Image.new("L", as_image.size), as_image, path.stem)
             values = np.asarray(resized, dtype=np.float32)
             if values.shape == size:
                 return values
         expected = size_text((size[1], size[0]))
-        raise UserError(f"saved map {path} is {size_text(stored)}: "
-                        f"expected {expected} (the dataset's output)"
-                        + ("" if self.transform.image_size else " or the image's size with image_size/crop_size set"))
+        if original is not None:
+            expected += f" (the dataset's output) or {size_text((original[1], original[0]))} (the image's)"
+        elif self.transform.image_size is None:
+            expected += " (the dataset's output) or the image's size with image_size/crop_size set"
+        raise UserError(f"saved map {path} is {size_text(stored)}: expected {expected}")
 
     def score_maps(self, batch: Batch) -> Scores:
         size = (int(batch.images.shape[-2]), int(batch.images.shape[-1]))

@@ -241,6 +241,13 @@ def test_saved_map_at_original_size_goes_through_the_mask_transform_and_bad_size
     with pytest.raises(UserError, match=r"saved map .*crack/000.npy is 64x64: expected 24x24 \(the dataset's "
                                         r"output\) or the image's size with image_size/crop_size set"):
         output_only.score_maps(batch)
+    checked = SavedMaps(root=str(tmp_path / "maps"), image_size=32, crop_size=24, dataset="mvtec",
+                        dataset_params={"root": str(tmp_path / "data"), "image_size": 32, "crop_size": 24})
+    checked.fit([])
+    assert np.array_equal(checked.score_maps(batch).maps, scores.maps)
+    np.save(tmp_path / "maps/bottle/good/000.npy", np.zeros((48, 48), np.float32))  # neither 24x24 nor 64x64
+    with pytest.raises(UserError, match=r"good/000.npy is 48x48: expected 24x24 \(the dataset's output\) or 64x64"):
+        checked.score_maps(batch)
     (tmp_path / "maps/bottle/good/000.npy").unlink()
     with pytest.raises(UserError, match=r"no map .*bottle/good/000.npy \(nor .tiff, .tif, .png\)"):
         method.score_maps(batch)
