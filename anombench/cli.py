@@ -151,6 +151,19 @@ def cmd_data(args: argparse.Namespace) -> int:
     return 0
 
 
+def _dataset_params(items: list[str]) -> dict[str, object]:
+    """``--param KEY=VALUE`` (YAML values, as in a suite's params) for the dataset that ``data check`` opens."""
+    import yaml
+
+    params = {}
+    for item in items:
+        if "=" not in item:
+            raise UserError(f"--param {item!r}: expected KEY=VALUE, e.g. --param abnormal_dirs=[crack,scratch]")
+        key, value = item.split("=", 1)
+        params[key.strip()] = yaml.safe_load(value)
+    return params
+
+
 def _data_check(args: argparse.Namespace, factory: Callable[..., object]) -> int:
     """The dataset's own count table (if it has one), then every missing, extra or broken file; exit 1 if any."""
     from anombench_plugins.datacheck import preflight_data, summary
@@ -158,7 +171,7 @@ def _data_check(args: argparse.Namespace, factory: Callable[..., object]) -> int
     table = getattr(factory, "check", None)
     if callable(table):
         print(table(args.root))
-    dataset = factory(root=args.root)
+    dataset = factory(root=args.root, **_dataset_params(args.param))
     categories = [c.strip() for c in args.categories.split(",")] if args.categories else None
     problems = preflight_data(dataset, categories, verify=args.verify, workers=args.workers, progress=True)
     if problems:
@@ -294,7 +307,9 @@ def build_parser() -> argparse.ArgumentParser:
                           description="Download a dataset's official archive (checksum-verified, resumable) or report "
                                       "what is under a root folder.",
                           epilog="examples:\n  anombench data download mvtec --root /data/mvtec_ad\n"
-                                 "  anombench data check mvtec --root /data/mvtec_ad --verify",
+                                 "  anombench data check mvtec --root /data/mvtec_ad --verify\n"
+                                 "  anombench data check folder --root /data/mypart --param abnormal_dirs=[crack] "
+                                 "--param mask_dir=mask",
                           formatter_class=argparse.RawDescriptionHelpFormatter)
     data.add_argument("action", choices=["download", "check"])
     data.add_argument("dataset", help="dataset plugin name, e.g. mvtec")
@@ -303,6 +318,8 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--sha256", help="download: expected archive checksum (default: the official one)")
     data.add_argument("--verify", action="store_true", help="check: decode every image and mask (parallel)")
     data.add_argument("--categories", help="check: comma-separated categories (default: all present)")
+    data.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
+                      help="check: a dataset parameter as in a suite, e.g. mask_dir=mask (repeatable)")
     data.add_argument("--workers", type=int, default=0, help="check --verify: worker processes (default: one per CPU)")
     data.set_defaults(handler=cmd_data)
     return parser

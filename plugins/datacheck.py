@@ -6,8 +6,9 @@
 - with ``verify``: every image and mask of the splits is decoded in full (in parallel worker processes, with a
   progress bar), so a truncated or unreadable file is named now and not an hour into a run.
 
-``anombench data check`` prints these (the first 20, then a count) and exits non-zero when there are any; the
-runner calls the same function before a suite's cells.
+``anombench data check`` prints these (the first 20, then a count) and exits non-zero when there are any. The
+runner, which imports no plugin by name, reaches the same check through the optional dataset method
+``check_files(category, verify) -> list[str]`` that ``FilePreflight`` gives the file-based datasets.
 """
 
 from __future__ import annotations
@@ -90,3 +91,11 @@ def summary(problems: list[str], shown: int = SHOWN) -> str:
     if len(problems) > shown:
         lines.append(f"... and {len(problems) - shown} more problem(s)")
     return "\n".join(lines)
+
+
+class FilePreflight:
+    """Mixin for a file-based dataset: ``check_files`` for the runner's preflight before any cell."""
+
+    def check_files(self, category: str, verify: bool = True) -> list[str]:
+        """One line per missing, extra or broken file of ``category`` (decoding every file if ``verify``)."""
+        return preflight_data(self, [category], verify=verify)  # type: ignore[arg-type]

@@ -31,6 +31,7 @@ from anombench import hookimpl
 from anombench.api import Family
 from anombench.errors import UserError
 from anombench.hookspecs import Register
+from anombench_plugins.datacheck import FilePreflight
 from anombench_plugins.imagefiles import (
     FileSplit,
     MaskFile,
@@ -54,7 +55,7 @@ def seeded_holdout(paths: list[Path], ratio: float, seed: int, category: str) ->
     return {paths[i] for i in rng.permutation(len(paths))[:count]}
 
 
-class Folder:
+class Folder(FilePreflight):
     """Images in plain folders: one folder of normal images, one or more of anomalous ones, optional masks."""
 
     name = "folder"

@@ -45,6 +45,7 @@ from anombench.api import Family
 from anombench.errors import UserError
 from anombench.hookspecs import Register
 from anombench_plugins.datafetch import fetch_archive
+from anombench_plugins.datacheck import FilePreflight
 from anombench_plugins.imagefiles import (
     AnyImage,
     FileSplit,
@@ -210,7 +211,7 @@ class RandomRotateCrop:
         return crop_pair(image, mask, left, top, self.crop_size)
 
 
-class MVTecAD:
+class MVTecAD(FilePreflight):
     """The MVTec AD dataset: 15 categories, train = defect-free images, test = good and defective with masks."""
 
     name = "MVTec AD"

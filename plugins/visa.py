@@ -24,6 +24,7 @@ from anombench.api import Family
 from anombench.errors import UserError
 from anombench.hookspecs import Register
 from anombench_plugins.datafetch import fetch_archive
+from anombench_plugins.datacheck import FilePreflight
 from anombench_plugins.imagefiles import (
     FileSplit,
     MaskFile,
@@ -86,7 +87,7 @@ def _record(row: SplitRow) -> Record:
                   f"{kind}/{row.image.stem}")
 
 
-class VisA:
+class VisA(FilePreflight):
     """The 12 VisA classes with the release's one-class split."""
 
     name = "VisA"

@@ -164,6 +164,18 @@ def test_data_check_verify_finds_a_truncated_image(tmp_path, capsys):
     assert "broken image: cannot read image " in capsys.readouterr().out
 
 
+def test_data_check_of_a_folder_dataset_with_params_and_the_runner_preflight(tmp_path, capsys):
+    root = make_folder(tmp_path / "p")
+    args = ["data", "check", "folder", "--root", str(root), "--param", "abnormal_dirs=[crack, scratch]",
+            "--param", "mask_dir=mask"]
+    assert main(args + ["--verify", "--workers", "1"]) == 0
+    (root / "mask/scratch/scratch1_mask.PNG").unlink()
+    assert main(args) == 1 and "missing mask: " in capsys.readouterr().out
+    data = Folder(root=str(root), abnormal_dirs=["crack", "scratch"], mask_dir="mask")
+    assert [p.split(" (")[0] for p in data.check_files("p", verify=False)] == [
+        f"missing mask: {root / 'scratch/scratch1.png'}"]
+
+
 # ---- --data typo -----------------------------------------------------------------------------------------------
 
 
