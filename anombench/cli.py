@@ -215,7 +215,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         raise UserError(f"--maps {args.maps}: no such folder")
     categories = ([c.strip() for c in args.categories.split(",")] if args.categories
                   else [p.name for p in sorted(Path(maps).iterdir()) if p.is_dir() and not p.name.startswith(".")])
-    out = Path(args.out) if args.out else Path("results/runs/evaluate") / Path(maps).name
+    from datetime import datetime, timezone
+
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    out = Path(args.out) if args.out else Path("results/runs/evaluate") / Path(maps).name / stamp
     failed = 0
     for category in categories:
         doc = evaluate_suite_doc(maps, dataset, root, category, args.image_size, args.crop_size)
@@ -298,7 +301,7 @@ def build_parser() -> argparse.ArgumentParser:
                           help="the dataset's resize (default: none, the images' own resolution, as the official "
                                "MVTec AD evaluation); maps at the original resolution go through the same transform")
     evaluate.add_argument("--crop-size", type=int, default=None, help="the dataset's centre crop (default: none)")
-    evaluate.add_argument("--out", help="run directory (default results/runs/evaluate/<maps folder name>)")
+    evaluate.add_argument("--out", help="run directory (default results/runs/evaluate/<maps folder name>/<UTC time>)")
     evaluate.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")
     evaluate.add_argument("--quiet", action="store_true", help="no progress bars")
     evaluate.set_defaults(handler=cmd_evaluate)

@@ -185,17 +185,17 @@ def _float_samples(path: str, values: np.ndarray, kind: str) -> Samples:
     return Samples(_as_hwc(values), 1.0)
 
 
-def _to_srgb(image: Image.Image) -> Image.Image:
-    """An 8-bit RGB or CMYK image in sRGB: through its embedded ICC profile when it has one."""
+def _to_srgb(path: str, image: Image.Image) -> Image.Image:
+    """An 8-bit RGB or CMYK image in sRGB: through its embedded ICC profile when it has one (an unusable profile
+    is logged and the naive conversion used)."""
     profile = image.info.get("icc_profile")
-    target = "RGB"
     if profile:
         try:
             source = ImageCms.ImageCmsProfile(io.BytesIO(profile))
-            return ImageCms.profileToProfile(image, source, ImageCms.createProfile("sRGB"), outputMode=target)
+            return ImageCms.profileToProfile(image, source, ImageCms.createProfile("sRGB"), outputMode="RGB")
         except (ImageCms.PyCMSError, OSError):
-            log.debug("ignoring the unusable ICC profile of %s", image.filename if hasattr(image, "filename") else "")
-    return image if image.mode == target else image.convert(target)
+            log.warning("%s: its ICC profile is unusable; colours are converted without it", path)
+    return image if image.mode == "RGB" else image.convert("RGB")
 
 
 def _tiff_samples(path: str) -> Samples:
@@ -207,8 +207,9 @@ def _tiff_samples(path: str) -> Samples:
         values = page.asarray()
         axes = page.axes
         kind = f"TIFF ({page.photometric.name}, {page.bitspersample}-bit {page.dtype})"
-        if page.photometric.name not in ("MINISBLACK", "RGB"):
+        if page.photometric.name not in ("MINISBLACK", "MINISWHITE", "RGB"):
             raise _bad(path, f"{kind}: only grey and RGB TIFFs of more than 8 bits are supported")
+        inverted = page.photometric.name == "MINISWHITE"  # 0 is white: flipped below
         orientation = int(page.tags[274].value) if 274 in page.tags else 1
         bits, dtype = page.bitspersample, page.dtype
     if axes.startswith("S"):  # planar configuration: samples first
@@ -217,17 +218,22 @@ def _tiff_samples(path: str) -> Samples:
     if values.ndim != 3 or values.shape[2] > 4:
         raise _bad(path, f"{kind} with axes {axes}: expected one image plane of 1-4 samples")
     if np.issubdtype(dtype, np.floating):
-        return _float_samples(path, values, kind)
+        return _float_samples(path, 1.0 - values if inverted else values, kind)
     if np.issubdtype(dtype, np.unsignedinteger) and bits <= 16:
-        return Samples(values, float(2**bits - 1))
+        full = 2**bits - 1
+        return Samples(full - values if inverted else values, float(full))
     raise _bad(path, f"{kind}: signed or 32-bit integer samples have no defined full scale")
 
 
 def _needs_tifffile(image: Image.Image) -> bool:
-    """A TIFF Pillow would narrow: more than 8 bits per sample in a multi-sample image."""
-    bits = getattr(image, "tag_v2", {}).get(258, (8,))
-    bits = bits if isinstance(bits, tuple) else (bits,)
-    return image.format == "TIFF" and max(bits) > 8 and image.mode not in UINT16_MODES | {"F"}
+    """A TIFF Pillow would narrow (more than 8 bits per sample in a multi-sample image) or read without its
+    photometric inversion (a "0 is white" TIFF of more than 8 bits)."""
+    if image.format != "TIFF":
+        return False
+    tags = image.tag_v2  # type: ignore[attr-defined]
+    bits = tags.get(258, (8,))
+    deep = max(bits if isinstance(bits, tuple) else (bits,)) > 8
+    return deep and (image.mode not in UINT16_MODES | {"F"} or tags.get(262) == 0)
 
 
 def _pillow_samples(path: str, image: Image.Image, header: PngHeader | None) -> Samples:
@@ -240,13 +246,12 @@ def _pillow_samples(path: str, image: Image.Image, header: PngHeader | None) -> 
         image = image.convert("RGBA" if "transparency" in image.info else "RGB")
     elif mode in PILLOW_CONVERSIONS:
         image = image.convert(PILLOW_CONVERSIONS[mode])
-    elif mode in ("CMYK", "RGB") and image.info.get("icc_profile"):
-        image = _to_srgb(image)
-    elif mode == "CMYK":
-        image = image.convert("RGB")
+    elif mode == "CMYK" or (mode == "RGB" and image.info.get("icc_profile")):
+        image = _to_srgb(path, image)
     if image.mode in EIGHT_BIT_MODES:
         return Samples(_as_hwc(np.asarray(image)), 255.0)
-    if image.mode in UINT16_MODES:
+    if image.mode in UINT16_MODES or (image.mode == "I" and header is not None and header.bit_depth == 16):
+        # older Pillow opens 16-bit grey PNGs in mode I (int32); the values are 16-bit all the same
         values = _as_hwc(np.asarray(image).astype(np.uint16))
         scale = _png16_full_scale(path, values, header) if header is not None else 65535.0
         return Samples(values, scale)

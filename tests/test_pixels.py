@@ -100,6 +100,12 @@ def test_float_tiff_in_unit_range(tmp_path, shape):
     np.testing.assert_allclose(decoded(tmp_path / "a.tif"), expect(values, 1.0), atol=1e-6)
 
 
+def test_16bit_tiff_where_zero_is_white(tmp_path):
+    values = np.random.default_rng(4).integers(0, 65536, size=(16, 24), dtype=np.uint16)
+    tifffile.imwrite(tmp_path / "a.tif", values, photometric="miniswhite")
+    np.testing.assert_allclose(decoded(tmp_path / "a.tif"), expect(65535 - values, 65535), atol=1e-6)
+
+
 def test_float_tiff_outside_unit_range_is_a_one_line_error(tmp_path):
     tifffile.imwrite(tmp_path / "a.tif", np.full((8, 8), 3.5, np.float32))
     with pytest.raises(UserError, match=r"cannot read .*a.tif faithfully: .*must lie in \[0, 1\], found \[3.5, 3.5\]"):
