@@ -28,14 +28,20 @@ datasets=[ALIAS, ...] and methods=[NAME, ...] (keep only those of the suite);
 any other key as a dotted path: --set methods.padim-r18.params.n_features=50"""
 
 
-def _parse_data_roots(items: list[str]) -> dict[str, str]:
-    roots = {}
+def _pairs(items: list[str], flag: str, example: str) -> list[tuple[str, str]]:
+    """``NAME=VALUE`` arguments of a repeatable flag, split at the first "="."""
+    pairs = []
     for item in items:
         if "=" not in item:
-            raise UserError(f"--data {item!r}: expected NAME=PATH, e.g. --data mvtec=/data/mvtec_ad")
-        name, path = item.split("=", 1)
-        roots[name.strip()] = str(Path(path).expanduser().resolve())  # workers elsewhere need no cwd of ours
-    return roots
+            raise UserError(f"{flag} {item!r}: expected {example}")
+        name, value = item.split("=", 1)
+        pairs.append((name.strip(), value))
+    return pairs
+
+
+def _parse_data_roots(items: list[str]) -> dict[str, str]:
+    pairs = _pairs(items, "--data", "NAME=PATH, e.g. --data mvtec=/data/mvtec_ad")
+    return {name: str(Path(path).expanduser().resolve()) for name, path in pairs}  # workers need no cwd of ours
 
 
 def _check_data_names(roots: dict[str, str], suite: "Suite") -> None:
@@ -155,13 +161,8 @@ def _dataset_params(items: list[str]) -> dict[str, object]:
     """``--param KEY=VALUE`` (YAML values, as in a suite's params) for the dataset that ``data check`` opens."""
     import yaml
 
-    params = {}
-    for item in items:
-        if "=" not in item:
-            raise UserError(f"--param {item!r}: expected KEY=VALUE, e.g. --param abnormal_dirs=[crack,scratch]")
-        key, value = item.split("=", 1)
-        params[key.strip()] = yaml.safe_load(value)
-    return params
+    pairs = _pairs(items, "--param", "KEY=VALUE, e.g. --param abnormal_dirs=[crack,scratch]")
+    return {key: yaml.safe_load(value) for key, value in pairs}
 
 
 def _data_check(args: argparse.Namespace, factory: Callable[..., object]) -> int:
