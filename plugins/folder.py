@@ -129,7 +129,19 @@ class Folder(FilePreflight):
         records, missing = self._test_records(category, 0)
         folders = [self.normal_dir, *self.abnormal_dirs] + ([self.normal_test_dir] if self.normal_test_dir else [])
         empty = [f"no images in {self._path(category, d)}" for d in folders if not list_images(self._path(category, d))]
-        return empty + [f"missing mask: {m}" for m in missing] + mask_size_mismatches(records)
+        return empty + [f"missing mask: {m}" for m in missing] + self._extra_masks(category) + mask_size_mismatches(records)
+
+    def _extra_masks(self, category: str) -> list[str]:
+        """Masks that no anomalous image claims (a flat mask folder is shared by all abnormal_dirs)."""
+        stems: dict[Path, set[str]] = {}
+        lookups: dict[Path, MaskLookup] = {}
+        for folder in self.abnormal_dirs:
+            lookup = self._mask_lookup(category, folder)
+            if lookup is not None:
+                lookups[lookup.folder] = lookup
+                stems.setdefault(lookup.folder, set()).update(p.stem.lower() for p in
+                                                              list_images(self._path(category, folder)))
+        return [line for key, lookup in lookups.items() for line in lookup.extra(stems[key], "abnormal_dirs")]
 
     def _test_records(self, category: str, seed: int) -> tuple[list[Record], list[str]]:
         """Normal test images (held out or normal_test_dir), then anomalous ones with their masks; and one line

@@ -280,6 +280,11 @@ class MaskLookup:
             return []
         return sorted(p.name for p in self.folder.iterdir() if p.name.lower().startswith(stem.lower()))
 
+    def extra(self, image_stems: set[str], where: str) -> list[str]:
+        """One line per mask here that no image of ``image_stems`` (lower case) claims: a renamed or deleted image."""
+        claimed = {f"{stem}{suffix}".lower() for stem in image_stems for suffix in self.suffixes}
+        return [f"extra mask: {path} has no image in {where}" for key, path in self.by_stem.items() if key not in claimed]
+
     def expected(self, stem: str) -> str:
         found = ", ".join(self.near_misses(stem)[:3])
         return f"{self.folder / (stem + self.suffixes[0])}.png" + (f"; found {found}" if found else "")

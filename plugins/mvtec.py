@@ -118,9 +118,8 @@ def _extra_masks(category_dir: Path) -> list[str]:
     """Mask files whose image does not exist (a renamed or deleted test image)."""
     extra = []
     for folder in list_subfolders(category_dir / "ground_truth"):
-        stems = {p.stem.lower() for p in list_images(category_dir / "test" / folder.name)}
-        extra += [f"extra mask: {mask} has no image in {category_dir / 'test' / folder.name}" for mask in list_images(folder)
-                  if mask.stem.lower().removesuffix("_mask") not in stems]
+        images = category_dir / "test" / folder.name
+        extra += _mask_lookup(category_dir, folder.name).extra({p.stem.lower() for p in list_images(images)}, str(images))
     return extra
 
 

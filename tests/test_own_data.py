@@ -170,10 +170,12 @@ def test_data_check_of_a_folder_dataset_with_params_and_the_runner_preflight(tmp
             "--param", "mask_dir=mask"]
     assert main(args + ["--verify", "--workers", "1"]) == 0
     (root / "mask/scratch/scratch1_mask.PNG").unlink()
+    (root / "mask/crack/crack7_mask.png").write_bytes((root / "mask/crack/crack0_mask.PNG").read_bytes())
     assert main(args) == 1 and "missing mask: " in capsys.readouterr().out
     data = Folder(root=str(root), abnormal_dirs=["crack", "scratch"], mask_dir="mask")
     assert [p.split(" (")[0] for p in data.check_files("p", verify=False)] == [
-        f"missing mask: {root / 'scratch/scratch1.png'}"]
+        f"missing mask: {root / 'scratch/scratch1.png'}",
+        f"extra mask: {root / 'mask/crack/crack7_mask.png'} has no image in abnormal_dirs"]
 
 
 # ---- --data typo -----------------------------------------------------------------------------------------------
