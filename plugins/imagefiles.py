@@ -24,7 +24,7 @@ from PIL import Image
 
 from anombench.api import Sample
 from anombench.errors import UserError
-from anombench_plugins.pixels import oriented_size, read_samples
+from anombench_plugins.pixels import oriented_size, read_samples, warn_if_low_bits
 
 log = logging.getLogger("anombench.data")
 
@@ -136,6 +136,7 @@ def open_image(path: str) -> AnyImage:
     """Decode an image fully and faithfully (see ``pixels``): 8-bit grey/colour/palette as PIL RGB, anything
     deeper or with alpha as a ``FloatImage``. A truncated or unreadable file fails here, naming the file."""
     samples = read_samples(path)
+    warn_if_low_bits(path, samples)
     if samples.eight_bit and samples.values.shape[2] in (1, 3):
         return Image.fromarray(samples.values[..., 0] if samples.values.shape[2] == 1 else samples.values).convert("RGB")
     return FloatImage.from_array(samples.normalised())

@@ -13,8 +13,8 @@ What is honoured, because it changes what the pixels mean:
   The PNG standard then still stores the values scaled to 16 bits, and so they are read at full scale 65535 —
   unless every value is below 2**b and some have non-zero low bits, which a scaled image never has (shifting
   or bit replication leaves the low 16-b bits zero for values below 2**b): then the file holds unscaled b-bit
-  data and full scale is 2**b - 1. Without sBIT a 16-bit PNG is 16-bit full scale; a file that uses only the
-  low 12 bits then gets a warning (once per folder), since it will look almost black;
+  data and full scale is 2**b - 1. Without sBIT a 16-bit PNG is 16-bit full scale; an image (not a mask) that
+  uses only the low 12 bits then gets a warning (once per folder, from ``warn_if_low_bits``): it looks almost black;
 - palette images (with their transparency), alpha (composited over black: a transparent pixel means nothing,
   and black is what a mask reads as "normal"), CMYK JPEG/TIFF (Pillow's conversion to RGB, including Adobe's
   inverted CMYK; an embedded ICC profile is used through LittleCMS when present);
@@ -157,18 +157,23 @@ def _png16_colour(path: str, header: PngHeader) -> np.ndarray:
     return high * 256 + _decode_raw(path, f"{name};16L")
 
 
-def _png16_full_scale(path: str, values: np.ndarray, header: PngHeader) -> float:
+def _png16_full_scale(values: np.ndarray, header: PngHeader) -> float:
     """65535, or 2**b - 1 for unscaled b-bit data under an sBIT chunk (see the module docstring)."""
     top = int(values.max()) if values.size else 0
     bits = header.significant_bits
     if bits is not None and 0 < bits < 16 and top < 2**bits and np.any(values & ((1 << (16 - bits)) - 1)):
         return float(2**bits - 1)
-    folder = str(Path(path).parent)
-    if bits is None and 0 < top < 4096 and folder not in _warned_low_bits:
-        _warned_low_bits.add(folder)
-        log.warning("%s is a 16-bit PNG whose values all lie below 4096: read as 16-bit (it will look almost "
-                    "black); if it holds 12-bit data, add an sBIT chunk or scale it to 16 bits", path)
     return 65535.0
+
+
+def warn_if_low_bits(path: str, samples: Samples) -> None:
+    """Warn (once per folder) about a 16-bit image whose values all lie below 4096: probably unscaled 12-bit data
+    without an sBIT chunk to say so, which at 16-bit full scale looks almost black."""
+    folder = str(Path(path).parent)
+    if samples.full_scale == 65535 and folder not in _warned_low_bits and 0 < int(samples.values.max()) < 4096:
+        _warned_low_bits.add(folder)
+        log.warning("%s is a 16-bit image whose values all lie below 4096: read as 16-bit (it will look almost "
+                    "black); if it holds 12-bit data, add an sBIT chunk or scale it to 16 bits", path)
 
 
 def _as_hwc(values: np.ndarray) -> np.ndarray:
@@ -241,7 +246,7 @@ def _pillow_samples(path: str, image: Image.Image, header: PngHeader | None) -> 
     kind = f"{image.format} image in mode {mode}"
     if header is not None and header.bit_depth == 16 and header.colour_type in (2, 4, 6):
         values = _png16_colour(path, header)
-        return Samples(values, _png16_full_scale(path, values, header))
+        return Samples(values, _png16_full_scale(values, header))
     if mode == "P":
         image = image.convert("RGBA" if "transparency" in image.info else "RGB")
     elif mode in PILLOW_CONVERSIONS:
@@ -253,7 +258,7 @@ def _pillow_samples(path: str, image: Image.Image, header: PngHeader | None) -> 
     if image.mode in UINT16_MODES or (image.mode == "I" and header is not None and header.bit_depth == 16):
         # older Pillow opens 16-bit grey PNGs in mode I (int32); the values are 16-bit all the same
         values = _as_hwc(np.asarray(image).astype(np.uint16))
-        scale = _png16_full_scale(path, values, header) if header is not None else 65535.0
+        scale = _png16_full_scale(values, header) if header is not None else 65535.0
         return Samples(values, scale)
     if image.mode == "F":
         return _float_samples(path, np.asarray(image), kind)

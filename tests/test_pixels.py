@@ -66,6 +66,16 @@ def test_12bit_data_in_16bit_png_with_sbit_is_scaled_by_12_bits(tmp_path):
     np.testing.assert_allclose(decoded(tmp_path / "scaled.png"), expect(scaled, 65535), atol=1e-6)
 
 
+def test_12bit_data_without_sbit_is_16bit_with_a_warning_for_images_only(tmp_path, caplog):
+    values = GREY8.astype(np.uint16) * 16 + 7
+    save_png16(tmp_path / "img/a.png", values)
+    save_png16(tmp_path / "masks/m.png", (values > 1000).astype(np.uint16))
+    open_mask(str(tmp_path / "masks/m.png"))
+    assert not caplog.records
+    np.testing.assert_allclose(decoded(tmp_path / "img/a.png"), expect(values, 65535), atol=1e-6)
+    assert "values all lie below 4096" in caplog.records[0].getMessage()
+
+
 def test_palette_png_without_and_with_transparency(tmp_path):
     palette_image = Image.fromarray(RGB8).quantize(colors=16)
     palette_image.save(tmp_path / "p.png")
