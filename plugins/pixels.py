@@ -244,9 +244,6 @@ def _needs_tifffile(image: Image.Image) -> bool:
 def _pillow_samples(path: str, image: Image.Image, header: PngHeader | None) -> Samples:
     mode = image.mode
     kind = f"{image.format} image in mode {mode}"
-    if header is not None and header.bit_depth == 16 and header.colour_type in (2, 4, 6):
-        values = _png16_colour(path, header)
-        return Samples(values, _png16_full_scale(values, header))
     if mode == "P":
         image = image.convert("RGBA" if "transparency" in image.info else "RGB")
     elif mode in PILLOW_CONVERSIONS:
@@ -274,9 +271,13 @@ def read_samples(path: str) -> Samples:
         with Image.open(path) as image:
             if _needs_tifffile(image):
                 return _tiff_samples_or_error(path)
-            image.load()
+            if header is not None and header.bit_depth == 16 and header.colour_type in (2, 4, 6):
+                values = _png16_colour(path, header)  # Pillow's own load would narrow them to 8 bits
+                samples = Samples(values, _png16_full_scale(values, header))
+            else:
+                image.load()
+                samples = _pillow_samples(path, image, header)
             orientation = orientation_of(image)
-            samples = _pillow_samples(path, image, header)
     except UserError:
         raise
     except Image.UnidentifiedImageError:
