@@ -169,10 +169,10 @@ def _data_check(args: argparse.Namespace, factory: Callable[..., object]) -> int
     """The dataset's own count table (if it has one), then every missing, extra or broken file; exit 1 if any."""
     from anombench_plugins.datacheck import preflight_data, summary
 
+    dataset = factory(root=args.root, **_dataset_params(args.param))  # a wrong root fails here, with a hint
     table = getattr(factory, "check", None)
     if callable(table):
         print(table(args.root))
-    dataset = factory(root=args.root, **_dataset_params(args.param))
     categories = [c.strip() for c in args.categories.split(",")] if args.categories else None
     problems = preflight_data(dataset, categories, verify=args.verify, workers=args.workers, progress=True)
     if problems:
