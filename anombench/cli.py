@@ -28,6 +28,9 @@ datasets=[ALIAS, ...] and methods=[NAME, ...] (keep only those of the suite);
 any other key as a dotted path: --set methods.padim-r18.params.n_features=50"""
 
 
+SHOWN_PROBLEMS = 20  # data check: problems listed before "... and N more"
+
+
 def _pairs(items: list[str], flag: str, example: str) -> list[tuple[str, str]]:
     """``NAME=VALUE`` arguments of a repeatable flag, split at the first "="."""
     pairs = []
@@ -166,17 +169,20 @@ def _dataset_params(items: list[str]) -> dict[str, object]:
 
 
 def _data_check(args: argparse.Namespace, factory: Callable[..., object]) -> int:
-    """The dataset's own count table (if it has one), then every missing, extra or broken file; exit 1 if any."""
-    from anombench_plugins.datacheck import preflight_data, summary
-
+    """The dataset's own count table (if it has one), then every missing, extra or broken file (the first
+    ``SHOWN_PROBLEMS``, then a count) through the dataset's ``check_files``; exit 1 if there is any."""
     dataset = factory(root=args.root, **_dataset_params(args.param))  # a wrong root fails here, with a hint
+    check_files = getattr(dataset, "check_files", None)
+    if not callable(check_files):
+        raise UserError(f"dataset '{args.dataset}' offers no file check (check_files)")
     table = getattr(factory, "check", None)
     if callable(table):
         print(table(args.root))
-    categories = [c.strip() for c in args.categories.split(",")] if args.categories else None
-    problems = preflight_data(dataset, categories, verify=args.verify, workers=args.workers, progress=True)
+    categories = [c.strip() for c in args.categories.split(",")] if args.categories else dataset.categories()
+    problems = [line for category in categories for line in check_files(category, verify=args.verify, progress=True)]
     if problems:
-        print(summary(problems))
+        more = len(problems) - SHOWN_PROBLEMS
+        print("\n".join(problems[:SHOWN_PROBLEMS] + ([f"... and {more} more problem(s)"] if more > 0 else [])))
         print(f"{len(problems)} problem(s) in {args.root}", file=sys.stderr)
         return 1
     print(f"no problems in {args.root}" + ("" if args.verify else " (add --verify to decode every file)"))
@@ -324,7 +330,6 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--categories", help="check: comma-separated categories (default: all present)")
     data.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
                       help="check: a dataset parameter as in a suite, e.g. mask_dir=mask (repeatable)")
-    data.add_argument("--workers", type=int, default=0, help="check --verify: worker processes (default: one per CPU)")
     data.set_defaults(handler=cmd_data)
     return parser
 

@@ -6,9 +6,9 @@
 - with ``verify``: every image and mask of the splits is decoded in full (in parallel worker processes, with a
   progress bar), so a truncated or unreadable file is named now and not an hour into a run.
 
-``anombench data check`` prints these (the first 20, then a count) and exits non-zero when there are any. The
-runner, which imports no plugin by name, reaches the same check through the optional dataset method
-``check_files(category, verify) -> list[str]`` that ``FilePreflight`` gives the file-based datasets.
+The host imports no plugin by name: ``anombench data check`` and the runner's preflight reach this through the
+optional dataset method ``check_files(category, verify, progress) -> list[str]`` that ``FilePreflight`` gives
+the file-based datasets.
 """
 
 from __future__ import annotations
@@ -21,8 +21,6 @@ from tqdm import tqdm
 from anombench.api import Dataset
 from anombench.errors import UserError
 from anombench_plugins.imagefiles import MaskFile, open_image, open_mask
-
-SHOWN = 20
 
 
 def _split_files(split: Any) -> list[tuple[str, str]]:
@@ -85,17 +83,10 @@ def preflight_data(dataset: Dataset, categories: list[str] | None = None, verify
     return problems
 
 
-def summary(problems: list[str], shown: int = SHOWN) -> str:
-    """The first ``shown`` problems, then how many more."""
-    lines = problems[:shown]
-    if len(problems) > shown:
-        lines.append(f"... and {len(problems) - shown} more problem(s)")
-    return "\n".join(lines)
-
-
 class FilePreflight:
     """Mixin for a file-based dataset: ``check_files`` for the runner's preflight before any cell."""
 
-    def check_files(self, category: str, verify: bool = True) -> list[str]:
-        """One line per missing, extra or broken file of ``category`` (decoding every file if ``verify``)."""
-        return preflight_data(self, [category], verify=verify)  # type: ignore[arg-type]
+    def check_files(self, category: str, verify: bool = True, progress: bool = False) -> list[str]:
+        """One line per missing, extra or broken file of ``category`` (decoding every file if ``verify``, in
+        one process per CPU, with a progress bar if ``progress``)."""
+        return preflight_data(self, [category], verify=verify, progress=progress)  # type: ignore[arg-type]

@@ -146,8 +146,7 @@ def test_data_check_names_missing_extra_and_broken_files_and_exits_non_zero(tmp_
     good = folder / "train/good/001.png"
     good.write_bytes(good.read_bytes()[:200])
     capsys.readouterr()
-    assert main(["data", "check", "mvtec", "--root", str(tmp_path), "--categories", "bottle", "--verify",
-                 "--workers", "2"]) == 1
+    assert main(["data", "check", "mvtec", "--root", str(tmp_path), "--categories", "bottle", "--verify"]) == 1
     out = capsys.readouterr().out
     assert "missing mask: " in out and "000.png" in out and "... and 4 more problem(s)" in out
     # 22 missing + 1 extra + 1 broken = 24 problems: the first 20 shown, the rest counted
@@ -168,7 +167,7 @@ def test_data_check_of_a_folder_dataset_with_params_and_the_runner_preflight(tmp
     root = make_folder(tmp_path / "p")
     args = ["data", "check", "folder", "--root", str(root), "--param", "abnormal_dirs=[crack, scratch]",
             "--param", "mask_dir=mask"]
-    assert main(args + ["--verify", "--workers", "1"]) == 0
+    assert main(args + ["--verify"]) == 0
     (root / "mask/scratch/scratch1_mask.PNG").unlink()
     (root / "mask/crack/crack7_mask.png").write_bytes((root / "mask/crack/crack0_mask.PNG").read_bytes())
     assert main(args) == 1 and "missing mask: " in capsys.readouterr().out
