@@ -10,10 +10,13 @@ import argparse
 import logging
 import sys
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from anombench import __version__
 from anombench.errors import UserError
+
+if TYPE_CHECKING:
+    from anombench.suite import Suite
 
 EPILOG_RUN = """examples:
   anombench run suites/quickstart.yaml
@@ -25,14 +28,32 @@ datasets=[ALIAS, ...] and methods=[NAME, ...] (keep only those of the suite);
 any other key as a dotted path: --set methods.padim-r18.params.n_features=50"""
 
 
-def _parse_data_roots(items: list[str]) -> dict[str, str]:
-    roots = {}
+SHOWN_PROBLEMS = 20  # data check: problems listed before "... and N more"
+
+
+def _pairs(items: list[str], flag: str, example: str) -> list[tuple[str, str]]:
+    """``NAME=VALUE`` arguments of a repeatable flag, split at the first "="."""
+    pairs = []
     for item in items:
         if "=" not in item:
-            raise UserError(f"--data {item!r}: expected NAME=PATH, e.g. --data mvtec=/data/mvtec_ad")
-        name, path = item.split("=", 1)
-        roots[name.strip()] = str(Path(path).expanduser().resolve())  # workers elsewhere need no cwd of ours
-    return roots
+            raise UserError(f"{flag} {item!r}: expected {example}")
+        name, value = item.split("=", 1)
+        pairs.append((name.strip(), value))
+    return pairs
+
+
+def _parse_data_roots(items: list[str]) -> dict[str, str]:
+    pairs = _pairs(items, "--data", "NAME=PATH, e.g. --data mvtec=/data/mvtec_ad")
+    return {name: str(Path(path).expanduser().resolve()) for name, path in pairs}  # workers need no cwd of ours
+
+
+def _check_data_names(roots: dict[str, str], suite: "Suite") -> None:
+    """``--data NAME=PATH`` must name a dataset of the suite (alias or plugin): a typo is not silently dropped."""
+    known = {spec.alias for spec in suite.datasets} | {spec.plugin for spec in suite.datasets}
+    unknown = [name for name in roots if name not in known]
+    if unknown:
+        listed = ", ".join(spec.alias for spec in suite.datasets)
+        raise UserError(f"--data {unknown[0]}=...: '{unknown[0]}' is not a dataset of {suite.path}; its datasets: {listed}")
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -45,7 +66,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.threads < 0:
         raise UserError(f"--threads must be 0 (torch's choice) or more, got {args.threads}")
     reg = registry()
-    suite = load_suite(args.suite, reg, args.set, _parse_data_roots(args.data))
+    roots = _parse_data_roots(args.data)
+    suite = load_suite(args.suite, reg, args.set, roots)
+    _check_data_names(roots, suite)
     if args.resume and not args.out:
         raise UserError("--resume needs --out RUN_DIR (the run to continue)")
     out = Path(args.out) if args.out else default_run_dir(suite)
@@ -131,14 +154,95 @@ def cmd_data(args: argparse.Namespace) -> int:
     from anombench.plugins import registry
 
     factory = registry().get("dataset", args.dataset).factory
-    action = getattr(factory, args.action, None)
-    if not callable(action):
-        raise UserError(f"dataset '{args.dataset}' offers no '{args.action}'")
-    if args.action == "download":
-        options = {k: v for k, v in (("url", args.url), ("sha256", args.sha256)) if v}
-        action(args.root, **options)
-    else:
-        print(action(args.root))
+    if args.action == "check":
+        return _data_check(args, factory)
+    download = getattr(factory, "download", None)
+    if not callable(download):
+        raise UserError(f"dataset '{args.dataset}' offers no 'download'")
+    options = {k: v for k, v in (("url", args.url), ("sha256", args.sha256)) if v}
+    download(args.root, **options)
+    return 0
+
+
+def _dataset_params(items: list[str]) -> dict[str, object]:
+    """``--param KEY=VALUE`` (YAML values, as in a suite's params) for the dataset that ``data check`` opens."""
+    import yaml
+
+    pairs = _pairs(items, "--param", "KEY=VALUE, e.g. --param abnormal_dirs=[crack,scratch]")
+    return {key: yaml.safe_load(value) for key, value in pairs}
+
+
+def _data_check(args: argparse.Namespace, factory: Callable[..., object]) -> int:
+    """The dataset's own count table (if it has one), then every missing, extra or broken file (the first
+    ``SHOWN_PROBLEMS``, then a count) through the dataset's ``check_files``; exit 1 if there is any."""
+    dataset = factory(root=args.root, **_dataset_params(args.param))  # a wrong root fails here, with a hint
+    check_files = getattr(dataset, "check_files", None)
+    if not callable(check_files):
+        raise UserError(f"dataset '{args.dataset}' offers no file check (check_files)")
+    table = getattr(factory, "check", None)
+    if callable(table):
+        print(table(args.root))
+    categories = [c.strip() for c in args.categories.split(",")] if args.categories else dataset.categories()
+    problems = [line for category in categories for line in check_files(category, verify=args.verify, progress=True)]
+    if problems:
+        more = len(problems) - SHOWN_PROBLEMS
+        print("\n".join(problems[:SHOWN_PROBLEMS] + ([f"... and {more} more problem(s)"] if more > 0 else [])))
+        print(f"{len(problems)} problem(s) in {args.root}", file=sys.stderr)
+        return 1
+    print(f"no problems in {args.root}" + ("" if args.verify else " (add --verify to decode every file)"))
+    return 0
+
+
+def evaluate_suite_doc(maps: str, dataset: str, root: str, category: str, image_size: int | None,
+                       crop_size: int | None) -> dict[str, object]:
+    """The in-memory suite ``anombench evaluate`` runs: saved maps of one category scored by the usual metrics.
+    One category per suite because the saved_maps method is told its category by a parameter."""
+    sizes = {"image_size": image_size, "crop_size": crop_size}
+    data = {"root": root, **sizes}
+    return {
+        "name": "evaluate",
+        "datasets": {dataset: {"plugin": dataset, "params": data, "categories": [category]}},
+        "methods": {"saved_maps": {"plugin": "saved_maps", "params": {"root": maps, "category": category, **sizes,
+                                                                      "dataset": dataset, "dataset_params": data}}},
+        "metrics": ["pixel_auroc", "pro", "image_auroc"],
+        "seeds": [0],
+        "run": {"batch_size": 8, "workers": 0},
+        "table": {"title": f"Saved maps {maps}", "rows": "category", "columns": "method",
+                  "cell": ["pixel_auroc", "pro", "image_auroc"]},
+    }
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from anombench.plugins import registry
+    from anombench.report import write_tables
+    from anombench.runner import RunOptions, run_suite
+    from anombench.suite import build_suite
+
+    reg = registry()
+    roots = _parse_data_roots([args.data])
+    (dataset, root), = roots.items()
+    maps = str(Path(args.maps).expanduser().resolve())
+    if not Path(maps).is_dir():
+        raise UserError(f"--maps {args.maps}: no such folder")
+    categories = ([c.strip() for c in args.categories.split(",")] if args.categories
+                  else [p.name for p in sorted(Path(maps).iterdir()) if p.is_dir() and not p.name.startswith(".")])
+    from datetime import datetime, timezone
+
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    out = Path(args.out) if args.out else Path("results/runs/evaluate") / Path(maps).name / stamp
+    failed = 0
+    for category in categories:
+        doc = evaluate_suite_doc(maps, dataset, root, category, args.image_size, args.crop_size)
+        suite = build_suite(doc, f"evaluate --maps {args.maps}", reg)
+        store = run_suite(suite, out / category, RunOptions(device="cpu", threads=args.threads,
+                                                            show_progress=not args.quiet), registry=reg)
+        write_tables(out / category)
+        print((out / category / "table.md").read_text())
+        failed += sum(r["status"] != "ok" for r in store.records.values())
+    print(f"results: {out}")
+    if failed:
+        print(f"{failed} cell(s) failed; see cells.jsonl under {out}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -196,17 +300,42 @@ def build_parser() -> argparse.ArgumentParser:
                                          "stay unless named); ANOMBENCH_DISABLE_PLUGINS=a,b skips plugins.")
     listing.set_defaults(handler=cmd_list)
 
+    evaluate = sub.add_parser(
+        "evaluate", help="score anomaly maps saved by another tool with anombench's metrics",
+        description="Score one saved map per test image, <MAPS>/<category>/<sample id>.npy|tiff|png (MVTec AD: "
+                    "bottle/crack/000.npy), against a dataset's masks; image scores from "
+                    "<MAPS>/<category>/image_scores.csv (id, score) or the map's maximum.",
+        epilog="example: anombench evaluate --maps /tmp/mymaps --data mvtec=/data/mvtec_ad --categories bottle",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    evaluate.add_argument("--maps", required=True, help="folder of saved maps, one sub-folder per category")
+    evaluate.add_argument("--data", required=True, metavar="DATASET=PATH", help="the dataset the maps belong to")
+    evaluate.add_argument("--categories", help="comma-separated categories (default: the maps folder's sub-folders)")
+    evaluate.add_argument("--image-size", type=int, default=None,
+                          help="the dataset's resize (default: none, the images' own resolution, as the official "
+                               "MVTec AD evaluation); maps at the original resolution go through the same transform")
+    evaluate.add_argument("--crop-size", type=int, default=None, help="the dataset's centre crop (default: none)")
+    evaluate.add_argument("--out", help="run directory (default results/runs/evaluate/<maps folder name>/<UTC time>)")
+    evaluate.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")
+    evaluate.add_argument("--quiet", action="store_true", help="no progress bars")
+    evaluate.set_defaults(handler=cmd_evaluate)
+
     data = sub.add_parser("data", help="download or check a dataset",
                           description="Download a dataset's official archive (checksum-verified, resumable) or report "
                                       "what is under a root folder.",
                           epilog="examples:\n  anombench data download mvtec --root /data/mvtec_ad\n"
-                                 "  anombench data check mvtec --root /data/mvtec_ad",
+                                 "  anombench data check mvtec --root /data/mvtec_ad --verify\n"
+                                 "  anombench data check folder --root /data/mypart --param abnormal_dirs=[crack] "
+                                 "--param mask_dir=mask",
                           formatter_class=argparse.RawDescriptionHelpFormatter)
     data.add_argument("action", choices=["download", "check"])
     data.add_argument("dataset", help="dataset plugin name, e.g. mvtec")
     data.add_argument("--root", required=True, help="dataset root folder")
     data.add_argument("--url", help="download: archive URL (default: the dataset's official one)")
     data.add_argument("--sha256", help="download: expected archive checksum (default: the official one)")
+    data.add_argument("--verify", action="store_true", help="check: decode every image and mask (parallel)")
+    data.add_argument("--categories", help="check: comma-separated categories (default: all present)")
+    data.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
+                      help="check: a dataset parameter as in a suite, e.g. mask_dir=mask (repeatable)")
     data.set_defaults(handler=cmd_data)
     return parser
 

@@ -9,7 +9,13 @@ extracted so that the category folders sit directly in the root::
     <root>/<category>/ground_truth/<defect>/000_mask.png   their masks (0/255; non-zero is anomalous)
 
 Any image resolution is accepted (the release is 700-1024 px; pre-resized copies work too); grey-scale
-categories (grid, screw, zipper) are read as three equal channels.
+categories (grid, screw, zipper) are read as three equal channels. Any other folder in this layout (one with
+``train`` or ``test`` in it: your own part, say) is a category too, of family "other" unless the ``families``
+parameter says ``{mypart: object}``. ``image_size: null, crop_size: null`` evaluates at the images' own
+resolution, as the official evaluation does; all images of a category must then have one size (the runner
+stacks batches, and a method fitted at one size cannot score another), else a one-line error names two.
+Masks are found by stem whatever the case of the extension (``000_mask.PNG``); a missing one is named with the
+near misses in its folder.
 
 Preprocessing (the paper's): resize to ``image_size`` x ``image_size`` (bicubic; masks nearest), then a
 centre crop of ``crop_size``. Rd-MVTec AD instead rotates by an angle drawn uniformly in (-10, +10) degrees
@@ -39,7 +45,9 @@ from anombench.api import Family
 from anombench.errors import UserError
 from anombench.hookspecs import Register
 from anombench_plugins.datafetch import fetch_archive
+from anombench_plugins.datacheck import FilePreflight
 from anombench_plugins.imagefiles import (
+    AnyImage,
     FileSplit,
     MaskFile,
     PairTransform,
@@ -50,6 +58,10 @@ from anombench_plugins.imagefiles import (
     image_size,
     list_images,
     list_subfolders,
+    MaskLookup,
+    check_one_size,
+    looks_like_category_folder,
+    mask_size_mismatches,
     resize_pair,
     resolve_root,
     size_text,
@@ -83,27 +95,48 @@ MISSING_HINT = (
 )
 
 
-def _mask_path(category_dir: Path, defect: str, image: Path) -> Path:
-    return category_dir / "ground_truth" / defect / f"{image.stem}_mask.png"
+def _mask_lookup(category_dir: Path, defect: str) -> MaskLookup:
+    return MaskLookup(category_dir / "ground_truth" / defect, ("_mask",))
 
 
-def _check_masks(category_dir: Path, records: list[Record]) -> None:
-    """Every defect image needs a mask of its own size: found now, from file headers, not mid-evaluation."""
-    pairs = [(Path(r.image), Path(r.mask.path)) for r in records if isinstance(r.mask, MaskFile)]
-    missing = [(image, mask) for image, mask in pairs if not mask.is_file()]
-    if missing:
-        image, mask = missing[0]
-        raise UserError(
-            f"{len(missing)} defect image(s) in {category_dir / 'test'} have no mask, e.g. {image} (expected {mask})"
-        )
-    for image, mask in pairs:
-        image_wh, mask_wh = image_size(image), image_size(mask)
-        if image_wh != mask_wh:
-            raise UserError(f"mask {mask} is {size_text(mask_wh)} but its image {image} is {size_text(image_wh)}")
+def _defect_records(category_dir: Path) -> tuple[list[Record], list[str]]:
+    """The test images in ``test/<defect>/`` with their masks, and one problem line per defect image whose
+    mask is missing (naming the near misses in its folder)."""
+    records, missing = [], []
+    for folder in list_subfolders(category_dir / "test"):
+        lookup = None if folder.name == GOOD else _mask_lookup(category_dir, folder.name)
+        for image in list_images(folder):
+            mask = lookup.find(image.stem) if lookup is not None else None
+            if lookup is not None and mask is None:
+                missing.append(f"{image} (expected mask {lookup.expected(image.stem)})")
+            records.append(Record(str(image), MaskFile(str(mask)) if mask else None, int(lookup is not None),
+                                  f"{folder.name}/{image.stem}"))
+    return records, missing
+
+
+def _extra_masks(category_dir: Path) -> list[str]:
+    """Mask files whose image does not exist (a renamed or deleted test image)."""
+    extra = []
+    for folder in list_subfolders(category_dir / "ground_truth"):
+        images = category_dir / "test" / folder.name
+        extra += _mask_lookup(category_dir, folder.name).extra({p.stem.lower() for p in list_images(images)}, str(images))
+    return extra
 
 
 def _family_of(category: str) -> Family:
-    return "texture" if category in TEXTURES else "object"
+    """The paper's grouping of the 15 official categories; any other category is "other"."""
+    return "texture" if category in TEXTURES else "object" if category in OBJECTS else "other"
+
+
+FAMILIES = ("texture", "object", "other")
+
+
+def check_families(families: dict[str, str] | None) -> dict[str, Family]:
+    """The ``families`` parameter: category -> texture | object | other."""
+    bad = {c: f for c, f in (families or {}).items() if f not in FAMILIES}
+    if bad:
+        raise UserError(f"families: {bad} not allowed; each category's family is one of {', '.join(FAMILIES)}")
+    return dict(families or {})  # type: ignore[arg-type]
 
 
 def _row(category: str, family: str, counts: tuple[object, ...], status: str) -> str:
@@ -141,7 +174,7 @@ def count_category(category_dir: Path) -> CategoryCounts:
         if folder.name != GOOD
         for image in list_images(folder)
     ]
-    masks = sum(1 for defect, image in defect_images if _mask_path(category_dir, defect, image).is_file())
+    masks = sum(1 for defect, image in defect_images if _mask_lookup(category_dir, defect).find(image.stem))
     return CategoryCounts(train, test_good, len(defect_images), masks)
 
 
@@ -169,7 +202,7 @@ class RandomRotateCrop:
         left, top = (int(v) for v in rng.integers(0, self.image_size - self.crop_size + 1, size=2))
         return angle, left, top
 
-    def __call__(self, image: Image.Image, mask: Image.Image, sample_id: str) -> tuple[Image.Image, Image.Image]:
+    def __call__(self, image: AnyImage, mask: Image.Image, sample_id: str) -> tuple[AnyImage, Image.Image]:
         image, mask = resize_pair(image, mask, self.image_size)
         angle, left, top = self.draw(sample_id)
         image = image.rotate(angle, resample=Image.Resampling.BILINEAR, fillcolor=(0, 0, 0))
@@ -177,62 +210,92 @@ class RandomRotateCrop:
         return crop_pair(image, mask, left, top, self.crop_size)
 
 
-class MVTecAD:
+class MVTecAD(FilePreflight):
     """The MVTec AD dataset: 15 categories, train = defect-free images, test = good and defective with masks."""
 
     name = "MVTec AD"
 
-    def __init__(self, root: str | None = None, image_size: int = 256, crop_size: int = 224) -> None:
+    def __init__(
+        self,
+        root: str | None = None,
+        image_size: int | None = 256,
+        crop_size: int | None = 224,
+        families: dict[str, str] | None = None,
+    ) -> None:
         check_sizes(image_size, crop_size)
         self.root = resolve_root(root, ENV_ROOT, MISSING_HINT)
         self.image_size = image_size
         self.crop_size = crop_size
+        self.families = check_families(families)
         if not self.categories():
+            hint = looks_like_category_folder(self.root)
             raise UserError(
                 f"no MVTec AD category folder in {self.root} (expected e.g. {self.root}/bottle/train/good): "
-                + MISSING_HINT.format(root=self.root)
+                + (hint or MISSING_HINT.format(root=self.root))
             )
 
     def categories(self) -> list[str]:
-        return [c for c in CATEGORIES if (self.root / c).is_dir()]
+        """The official categories present, in the paper's order, then any other folder in the layout."""
+        official = [c for c in CATEGORIES if (self.root / c).is_dir()]
+        custom = [f.name for f in list_subfolders(self.root)
+                  if f.name not in CATEGORIES and ((f / "train").is_dir() or (f / "test").is_dir())]
+        return official + custom
 
     def known_categories(self) -> list[str]:
-        return list(CATEGORIES)
+        """All 15 official categories when any of them is here (a mean over a few is not the paper's mean),
+        plus your own categories."""
+        present = self.categories()
+        custom = [c for c in present if c not in CATEGORIES]
+        return (list(CATEGORIES) if len(custom) < len(present) else []) + custom
 
     def family(self, category: str) -> Family:
         self._known(category)
-        return _family_of(category)
+        return self.families.get(category, _family_of(category))  # type: ignore[return-value]
 
     def train(self, category: str, seed: int) -> FileSplit:
         folder = self._category_dir(category) / "train" / GOOD
         records = [Record(str(p), None, 0, f"{GOOD}/{p.stem}") for p in list_images(folder)]
         if not records:
             raise UserError(f"no training images in {folder}: the category is incomplete, download it again")
+        self._check_native_size(category)
         return FileSplit(records, self._transform(category, seed, "train"))
 
     def test(self, category: str, seed: int) -> FileSplit:
         category_dir = self._category_dir(category)
-        records = [
-            Record(
-                image=str(image),
-                mask=None if folder.name == GOOD else MaskFile(str(_mask_path(category_dir, folder.name, image))),
-                label=int(folder.name != GOOD),
-                id=f"{folder.name}/{image.stem}",
-            )
-            for folder in list_subfolders(category_dir / "test")
-            for image in list_images(folder)
-        ]
+        records, missing = _defect_records(category_dir)
         if not records:
             raise UserError(f"no test images in {category_dir / 'test'}: the category is incomplete, download it again")
-        _check_masks(category_dir, records)
+        if missing:
+            raise UserError(f"{len(missing)} defect image(s) in {category_dir / 'test'} have no mask, e.g. {missing[0]}")
+        mismatched = mask_size_mismatches(records)
+        if mismatched:
+            raise UserError(mismatched[0])
+        self._check_native_size(category)
         return FileSplit(records, self._transform(category, seed, "test"))
+
+    def problems(self, category: str) -> list[str]:
+        """Everything wrong with one category on disk, one line each (``data check`` and the run's preflight):
+        missing masks, masks without an image, masks of the wrong size, an empty train or test folder."""
+        category_dir = self._category_dir(category)
+        records, missing = _defect_records(category_dir)
+        empty = [f"no images in {folder}" for folder, found in ((category_dir / "train" / GOOD, list_images),
+                                                                 (category_dir / "test", list_subfolders))
+                 if not found(folder)]
+        return empty + [f"missing mask: {m}" for m in missing] + _extra_masks(category_dir) + mask_size_mismatches(records)
+
+    def _check_native_size(self, category: str) -> None:
+        if self.image_size is None:
+            category_dir = self.root / category
+            folders = [category_dir / "train" / GOOD, *list_subfolders(category_dir / "test")]
+            check_one_size([p for folder in folders for p in list_images(folder)], f"{self.name} '{category}'")
 
     def _transform(self, category: str, seed: int, split: str) -> PairTransform:
         return ResizeCrop(self.image_size, self.crop_size)
 
     def _known(self, category: str) -> None:
-        if category not in CATEGORIES:
-            raise UserError(f"unknown {self.name} category '{category}'; the categories are: {', '.join(CATEGORIES)}")
+        if category not in CATEGORIES and category not in self.categories():
+            raise UserError(f"unknown {self.name} category '{category}'; the categories are: "
+                            f"{', '.join(dict.fromkeys(CATEGORIES + tuple(self.categories())))}")
 
     def _category_dir(self, category: str) -> Path:
         self._known(category)
@@ -279,9 +342,16 @@ class RdMVTecAD(MVTecAD):
     name = "Rd-MVTec AD"
 
     def __init__(
-        self, root: str | None = None, image_size: int = 256, crop_size: int = 224, max_degrees: float = 10.0
+        self,
+        root: str | None = None,
+        image_size: int = 256,
+        crop_size: int = 224,
+        max_degrees: float = 10.0,
+        families: dict[str, str] | None = None,
     ) -> None:
-        super().__init__(root=root, image_size=image_size, crop_size=crop_size)
+        if image_size is None or crop_size is None:
+            raise UserError("rd_mvtec rotates and crops at a fixed size: image_size and crop_size cannot be null")
+        super().__init__(root=root, image_size=image_size, crop_size=crop_size, families=families)
         if not 0 <= max_degrees <= 180:
             raise UserError(f"max_degrees must be between 0 and 180, got {max_degrees}")
         self.max_degrees = max_degrees

@@ -41,6 +41,7 @@ from anombench.api import Family
 from anombench.errors import UserError
 from anombench.hookspecs import Register
 from anombench_plugins.datafetch import fetch_archive
+from anombench_plugins.datacheck import FilePreflight
 from anombench_plugins.imagefiles import (
     FileSplit,
     Record,
@@ -126,7 +127,7 @@ def _check_stride(name: str, value: int) -> None:
         raise UserError(f"{name} must be a positive integer, got {value}")
 
 
-class ShanghaiTechCampus:
+class ShanghaiTechCampus(FilePreflight):
     """STC: per scene, train on normal surveillance frames, test on frames with pixel-level anomaly masks."""
 
     def __init__(

@@ -7,7 +7,9 @@ so a test can check that image and mask stay aligned through resizing, rotation 
 from __future__ import annotations
 
 import io
+import struct
 import tarfile
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -125,3 +127,23 @@ def add_symlink(path: Path, name: str, target: str, mode: str = "w:gz") -> bytes
         info.linkname = target
         tar.addfile(info)
     return path.read_bytes()
+
+
+def save_png16(path: Path, array: np.ndarray, significant_bits: int | None = None) -> Path:
+    """A 16-bit PNG of any colour type (Pillow writes only 16-bit grey): (H, W) grey, (H, W, 2) grey+alpha,
+    (H, W, 3) RGB, (H, W, 4) RGBA; ``significant_bits`` adds an sBIT chunk. Unfiltered rows, zlib-compressed."""
+    rows = array if array.ndim == 3 else array[..., None]
+    height, width, channels = rows.shape
+    colour_type = {1: 0, 2: 4, 3: 2, 4: 6}[channels]
+    raw = b"".join(b"\0" + rows[y].astype(">u2").tobytes() for y in range(height))
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    data = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 16, colour_type, 0, 0, 0))
+    if significant_bits is not None:
+        data += chunk(b"sBIT", bytes([significant_bits] * channels))
+    data += chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b"")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+    return path
