@@ -34,7 +34,7 @@ import torch
 from scipy import ndimage
 
 from anombench import hookimpl
-from anombench.api import Batch, Resources, Scores
+from anombench.api import Batch, Resources, Scores, UndefinedMetric
 from anombench.errors import UserError
 
 DEFAULT_MAX_FPR = 0.3
@@ -54,11 +54,12 @@ _FLOAT32_MAX = float(np.finfo(np.float32).max)
 _CHUNK = 2**21
 
 
-class UndefinedMetricError(UserError, ValueError):
+class UndefinedMetricError(UserError, UndefinedMetric):
     """A metric that the ground truth leaves undefined (AUROC without a single defect pixel, ...).
 
-    Raised instead of returning NaN, which tables would silently average. It is a ``UserError`` so the CLI shows
-    it as one line, and a ``ValueError`` for code that uses the functions below as a library.
+    Raised instead of returning NaN, which tables would silently average. As ``anombench.api.UndefinedMetric``
+    the runner records the figure as undefined and keeps the cell's others; as a ``UserError`` the CLI shows it
+    as one line; it is also a ``ValueError`` for code that uses the functions below as a library.
     """
 
 
@@ -564,6 +565,7 @@ class ResourceMetric:
     """
 
     field: ClassVar[str]
+    higher_is_better: ClassVar[bool] = False  # a cost: reported, never gated as a quality figure
 
     def __init__(self) -> None:
         """No parameters; declared so that suite validation rejects any (object's own takes ``**kwargs``)."""

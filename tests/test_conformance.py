@@ -49,17 +49,10 @@ KNOWN = {"pixel_auroc": AUROC, "image_auroc": AUROC, "pro": {"perfect": 1.0},
          "peak_rss_gb": {"perfect": 1.5}, "peak_cuda_gb": {"perfect": 0.5}, "model_gb": {"perfect": 0.25}}
 # Known gaps in plugins/metrics.py (owned by "stats"): the resource metrics declare no higher_is_better, and an
 # undefined figure raises the plugin's own UndefinedMetricError, not anombench.api.UndefinedMetric.
-GAPS = {"declares_higher_is_better": {"fit_seconds", "infer_seconds_per_image", "peak_rss_gb", "peak_cuda_gb",
-                                      "model_gb"},
-        "an_undefined_figure_is_undefined_metric": {"pixel_auroc", "pro", "image_auroc"}}
-
-
 def metric_params() -> Iterable:
     for name, factory in METRICS.items():
         for check_id, check in metric_checks(factory, known=KNOWN[name], label=name):
-            gap = name in GAPS.get(check_id.split("-", 1)[1], set())
-            marks = [pytest.mark.xfail(reason="plugins/metrics.py: see GAPS", strict=False)] if gap else []
-            yield pytest.param(check, id=check_id, marks=marks)
+            yield pytest.param(check, id=check_id)
 
 
 @parametrize_checks(*DATASETS)
