@@ -36,6 +36,7 @@ def _parse_data_roots(items: list[str]) -> dict[str, str]:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from anombench.catalog import find_suite
     from anombench.plugins import registry
     from anombench.report import write_tables
     from anombench.results import RunStore, load_provenance
@@ -45,7 +46,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.threads < 0:
         raise UserError(f"--threads must be 0 (torch's choice) or more, got {args.threads}")
     reg = registry()
-    suite = load_suite(args.suite, reg, args.set, _parse_data_roots(args.data))
+    suite = load_suite(find_suite(args.suite), reg, args.set, _parse_data_roots(args.data))
     if args.resume and not args.out:
         raise UserError("--resume needs --out RUN_DIR (the run to continue)")
     out = Path(args.out) if args.out else default_run_dir(suite)
@@ -151,7 +152,7 @@ def build_parser() -> argparse.ArgumentParser:
                          formatter_class=argparse.RawDescriptionHelpFormatter,
                          description="Run every cell (method x dataset x category x seed) of a suite; each finished "
                                      "cell is stored at once, so a killed run loses nothing (continue with --resume).")
-    run.add_argument("suite", help="suite YAML file, e.g. suites/quickstart.yaml")
+    run.add_argument("suite", help="suite YAML file or built-in suite name, e.g. quickstart, table3")
     run.add_argument("--out", help="run directory (default results/runs/<suite>/<UTC timestamp>)")
     run.add_argument("--resume", action="store_true", help="continue the run in --out, skipping finished cells")
     run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
