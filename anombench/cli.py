@@ -16,10 +16,10 @@ from anombench import __version__
 from anombench.errors import UserError
 
 EPILOG_RUN = """examples:
-  anombench run suites/quickstart.yaml
-  anombench run suites/table3.yaml --data mvtec=/data/mvtec_ad --set categories=[bottle]
-  bash benchmarks/table3_bottle.sh     # table3 on one class with EfficientNet-Lite0 in place of the ResNets (offline)
-  anombench run suites/table1.yaml --out results/runs/t1 --resume      # continue a killed run
+  anombench run quickstart                  # a built-in suite by name, or a suite file
+  anombench run table3 --data mvtec=/data/mvtec_ad --set categories=bottle
+  anombench run table3_offline --data mvtec=/data/mvtec_ad --set categories=bottle   # EfficientNet-Lite0, offline
+  anombench run table1 --out results/runs/t1 --resume      # continue a killed run
 shorthands for --set: categories, image_size, backbone, batch_size, workers, seeds,
 datasets=[ALIAS, ...] and methods=[NAME, ...] (keep only those of the suite);
 any other key as a dotted path: --set methods.padim-r18.params.n_features=50"""
@@ -143,7 +143,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="anombench",
         description="Benchmark visual anomaly detection methods the way the PaDiM paper did, one suite per table.",
-        epilog="start with: anombench run suites/quickstart.yaml",
+        epilog="start with: anombench run quickstart",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"anombench {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
