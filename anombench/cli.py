@@ -110,6 +110,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
+    from anombench.catalog import builtin_suites
     from anombench.params import RUNNER_SUPPLIED, allowed_parameters
     from anombench.plugins import KINDS, registry
 
@@ -121,6 +122,7 @@ def cmd_list(args: argparse.Namespace) -> int:
             params = ", ".join(allowed_parameters(entry.factory, RUNNER_SUPPLIED))
             print(f"  {name:<24} {entry.distribution} {entry.version}  (plugin '{entry.plugin}')"
                   + (f"  params: {params}" if params else ""))
+    print(f"suites (anombench run NAME): {', '.join(builtin_suites())}")
     return 0
 
 

@@ -62,12 +62,14 @@ def assert_table3_was_loaded(result: subprocess.CompletedProcess) -> None:
     assert "MVTec AD" in line and "anombench data download mvtec" in line
 
 
-def test_cli_runs_a_builtin_suite_by_name_from_another_directory(tmp_path):
+def test_cli_runs_and_lists_builtin_suites_from_another_directory(tmp_path):
     assert_table3_was_loaded(run_cli(sys.executable, tmp_path, "run", "table3", "--quiet"))
     result = run_cli(sys.executable, tmp_path, "run", "tabel3", "--quiet")
     assert result.returncode == 2
     [line] = result.stderr.strip().splitlines()
     assert line.startswith("anombench: error: tabel3: ") and "quickstart, table1" in line
+    listed = run_cli(sys.executable, tmp_path, "list")
+    assert f"suites (anombench run NAME): {', '.join(builtin_suites())}" in listed.stdout
 
 
 @pytest.mark.slow

@@ -180,7 +180,7 @@ def test_rendered_table_shows_every_reference_figure_beside_ours(name, registry)
 
 OFFLINE_STAND_INS = {"padim-lite0-rd100": ("padim-r18-rd100", "PaDiM-R18-Rd100"),
                      "padim-lite0-all176": ("padim-wr50-rd550", "PaDiM-WR50-Rd550"),
-                     "spade-lite0": ("spade", "SPADE-WR50")}
+                     "spade-lite0-k10": ("spade", "SPADE-WR50")}
 
 
 def test_offline_table3_runs_lite0_stand_ins_beside_the_papers_figures_of_the_methods_they_replace(registry):
