@@ -19,12 +19,12 @@ if TYPE_CHECKING:
     from anombench.suite import Suite
 
 EPILOG_RUN = """examples:
-  anombench run suites/quickstart.yaml
-  anombench run suites/table3.yaml --data mvtec=/data/mvtec_ad --set categories=[bottle]
-  bash benchmarks/table3_bottle.sh     # table3 on one class with EfficientNet-Lite0 in place of the ResNets (offline)
-  anombench run suites/table1.yaml --out results/runs/t1 --resume      # continue a killed run
-shorthands for --set: categories, image_size, backbone, batch_size, workers, seeds,
-datasets=[ALIAS, ...] and methods=[NAME, ...] (keep only those of the suite);
+  anombench run quickstart                  # a built-in suite by name, or a suite file
+  anombench run table3 --data mvtec=/data/mvtec_ad --set categories=bottle
+  anombench run table3_offline --data mvtec=/data/mvtec_ad --set categories=bottle   # EfficientNet-Lite0, offline
+  anombench run table1 --out results/runs/t1 --resume      # continue a killed run
+shorthands for --set: categories=bottle,cable, image_size, backbone, batch_size, workers, threads, seeds=0,1,
+cell_timeout, max_memory_gb, ci, ci_resamples, datasets=A,B and methods=A,B (keep only those of the suite);
 any other key as a dotted path: --set methods.padim-r18.params.n_features=50"""
 
 
@@ -57,6 +57,7 @@ def _check_data_names(roots: dict[str, str], suite: "Suite") -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from anombench.catalog import find_suite
     from anombench.plugins import registry
     from anombench.report import write_tables
     from anombench.results import RunStore, load_provenance
@@ -67,7 +68,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise UserError(f"--threads must be 0 (torch's choice) or more, got {args.threads}")
     reg = registry()
     roots = _parse_data_roots(args.data)
-    suite = load_suite(args.suite, reg, args.set, roots)
+    suite = load_suite(find_suite(args.suite), reg, args.set, roots)
     _check_data_names(roots, suite)
     if args.resume and not args.out:
         raise UserError("--resume needs --out RUN_DIR (the run to continue)")
@@ -132,6 +133,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
+    from anombench.catalog import builtin_suites
     from anombench.params import RUNNER_SUPPLIED, allowed_parameters
     from anombench.plugins import KINDS, registry
 
@@ -147,6 +149,7 @@ def cmd_list(args: argparse.Namespace) -> int:
         print("broken plugins (skipped):")
         for plugin in reg.broken:
             print(f"  {plugin.plugin:<24} {plugin.distribution} {plugin.version}  ({plugin.target})  {plugin.error}")
+    print(f"suites (anombench run NAME): {', '.join(builtin_suites())}")
     return 0
 
 
@@ -250,7 +253,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="anombench",
         description="Benchmark visual anomaly detection methods the way the PaDiM paper did, one suite per table.",
-        epilog="start with: anombench run suites/quickstart.yaml",
+        epilog="start with: anombench run quickstart",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"anombench {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -259,7 +262,7 @@ def build_parser() -> argparse.ArgumentParser:
                          formatter_class=argparse.RawDescriptionHelpFormatter,
                          description="Run every cell (method x dataset x category x seed) of a suite; each finished "
                                      "cell is stored at once, so a killed run loses nothing (continue with --resume).")
-    run.add_argument("suite", help="suite YAML file, e.g. suites/quickstart.yaml")
+    run.add_argument("suite", help="suite YAML file or built-in suite name, e.g. quickstart, table3")
     run.add_argument("--out", help="run directory (default results/runs/<suite>/<UTC timestamp>)")
     run.add_argument("--resume", action="store_true", help="continue the run in --out, skipping finished cells")
     run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",

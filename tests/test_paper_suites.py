@@ -1,5 +1,6 @@
 """The paper's tables as suites (suites/table1.yaml ... table8.yaml): each one validates against the real plugin
-registry, its reference figures fit its table, its grid has the paper's size, Tables I and II share one
+registry, its reference figures fit its table and are all the paper prints for it (359 figures in
+all, a sample checked figure by figure), its grid has the paper's size, Tables I and II share one
 ResNet-18 extraction per category, and a suite run without its data stops with one line saying what to get.
 
 No dataset is read: the suites are validated without data (dataset plugins only check their root when they are
@@ -32,6 +33,32 @@ EXPECTED_CELLS = {"table1": 5 * 15, "table2": 5 * 15 * 10, "table3": 4 * 15, "ta
 CELL_FORMAT = {"table1": 2, "table2": 2, "table3": 2, "table6": 2, "table4": 1, "table5": 1, "table7": 1,
                "table8": 2}
 R18_VARIANTS = 10  # Table I's five and Table II's five
+# Every figure the paper prints in Tables I-VIII (its '-' cells are no figure): 359 in all.
+PAPER_FIGURES = {"table1": 30, "table2": 30, "table3": 252, "table4": 3, "table5": 15, "table6": 18, "table7": 4,
+                 "table8": 7}
+# (suite, method, row, figures as the paper prints them): a sample typed from the paper, across tables, rows,
+# reference-only columns and '-' cells, so a shifted row or a swapped column fails here.
+PAPER_SAMPLE = [
+    ("table1", "padim-r18-layer3", "textures", [94.8, 89.6]),
+    ("table1", "padim-r18", "objects", [97.5, 90.1]),
+    ("table2", "padim-r18-pca200", "all", [95.7, 89.3]),
+    ("table2", "padim-r18-all448", "textures", [96.3, 92.3]),
+    ("table3", "AE-SSIM", "tile", [59, 17.5]),
+    ("table3", "AE-L2", "leather", [75, 81.9]),
+    ("table3", "vae", "toothbrush", [91.9, 85.4]),
+    ("table3", "Student", "transistor", [None, 70.1]),
+    ("table3", "Patch-SVDD", "metal_nut", [98.0, None]),
+    ("table3", "spade", "capsule", [99.0, 93.7]),
+    ("table3", "padim-r18-rd100", "all", [96.7, 90.1]),
+    ("table3", "padim-wr50-rd550", "wood", [94.9, 91.1]),
+    ("table4", "CAVGA-RU", "all", [85]),
+    ("table5", "GANomaly", "all", [76.2]),
+    ("table5", "MahalanobisAD", "objects", [94.8]),
+    ("table5", "padim-effb5", "textures", [99.0]),
+    ("table6", "spade", "objects", [88.2, 65.8]),
+    ("table7", "spade", "all", [7.10]),
+    ("table8", "padim-r18-rd100", "stc:all", [0.21, None]),
+]
 
 
 def paper_categories(plugin: str) -> list[str]:
@@ -84,7 +111,7 @@ def fake_cells(suite: Suite) -> pd.DataFrame:
 
 
 def test_there_is_one_suite_per_table_of_the_paper():
-    assert sorted(p.stem for p in SUITES.glob("table*.yaml")) == PAPER_TABLES
+    assert sorted(p.stem for p in SUITES.glob("table[0-9].yaml")) == PAPER_TABLES
 
 
 @pytest.mark.parametrize("name", PAPER_TABLES)
@@ -113,6 +140,20 @@ def test_every_reference_figure_belongs_to_a_variant_and_a_row_and_fits_the_cell
 
 
 @pytest.mark.parametrize("name", PAPER_TABLES)
+def test_suite_carries_every_figure_the_paper_prints_in_its_table(name, registry):
+    figures = reference_figures(load_paper_suite(name, registry))
+    assert sum(v is not None for *_, values, _ in figures for v in values) == PAPER_FIGURES[name]
+    assert sum(PAPER_FIGURES.values()) == 359
+
+
+@pytest.mark.parametrize("name, method, row, printed", PAPER_SAMPLE,
+                         ids=[f"{n}-{m}-{r}" for n, m, r, _ in PAPER_SAMPLE])
+def test_reference_figures_are_the_papers_as_printed(name, method, row, printed, registry):
+    quoted = {(m, c): values for m, c, values, _ in reference_figures(load_paper_suite(name, registry))}
+    assert quoted[(method, row)] == printed
+
+
+@pytest.mark.parametrize("name", PAPER_TABLES)
 def test_grid_has_the_papers_number_of_cells(name, registry):
     suite = load_paper_suite(name, registry)
     cells = paper_grid(suite)
@@ -135,6 +176,25 @@ def test_rendered_table_shows_every_reference_figure_beside_ours(name, registry)
     assert suite.table.title in markdown
     for method in suite.reference.get("only") or {}:
         assert f"{method} (paper only)" in markdown
+
+
+OFFLINE_STAND_INS = {"padim-lite0-rd100": ("padim-r18-rd100", "PaDiM-R18-Rd100"),
+                     "padim-lite0-all176": ("padim-wr50-rd550", "PaDiM-WR50-Rd550"),
+                     "spade-lite0-k10": ("spade", "SPADE-WR50")}
+
+
+def test_offline_table3_runs_lite0_stand_ins_beside_the_papers_figures_of_the_methods_they_replace(registry):
+    """table3_offline needs no weights but Lite0's (installed with a package), names each variant for what it
+    runs, and shows the paper's figures only as reference-only columns (a different model: no difference is
+    computed), the same figures as table3's for the method each variant replaces."""
+    offline, table3 = load_paper_suite("table3_offline", registry), load_paper_suite("table3", registry)
+    assert {m.name: m.params["backbone"] for m in offline.methods} == dict.fromkeys(OFFLINE_STAND_INS,
+                                                                                   "efficientnet_lite0")
+    assert not offline.reference.get("values")
+    assert (offline.table.cell, offline.table.aggregates) == (table3.table.cell, table3.table.aggregates)
+    quoted = offline.reference["only"]
+    assert quoted == {paper: table3.reference["values"][ours] for ours, paper in OFFLINE_STAND_INS.values()}
+    assert len(paper_grid(offline)) == len(OFFLINE_STAND_INS) * len(MVTEC_CATEGORIES)
 
 
 def test_tables_one_and_two_share_one_resnet18_extraction_per_category(registry):

@@ -1,0 +1,1 @@
+"""The built-in suites, shipped as package data of ``anombench_suites``: see ``anombench.catalog``."""
