@@ -35,15 +35,33 @@ def _parse_data_roots(items: list[str]) -> dict[str, str]:
     return roots
 
 
+class TableWriter:
+    """Refreshes table.md and table.csv after each job's results are stored (a run observer)."""
+
+    def cells_finished(self, store) -> None:
+        from anombench.report import write_tables
+        write_tables(store.directory)
+
+
+def _limit(flag: float | None, suite_value: float | None, name: str) -> float | None:
+    """A limit from the command line, else from the suite's ``run:`` block; positive when given."""
+    value = flag if flag is not None else suite_value
+    if value is not None and value <= 0:
+        raise UserError(f"--{name} must be positive, got {value:g}")
+    return value
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from anombench.plugins import registry
     from anombench.report import write_tables
-    from anombench.results import RunStore, load_provenance
-    from anombench.runner import RunOptions, default_run_dir, resolve_device, run_suite
+    from anombench.results import load_provenance
+    from anombench.rundir import default_run_dir
+    from anombench.runner import RunOptions, run_suite
+    from anombench.planning import resolve_device
     from anombench.suite import load_suite
 
     if args.threads < 0:
-        raise UserError(f"--threads must be 0 (torch's choice) or more, got {args.threads}")
+        raise UserError(f"--threads must be 0 (picked from the machine) or more, got {args.threads}")
     reg = registry()
     suite = load_suite(args.suite, reg, args.set, _parse_data_roots(args.data))
     if args.resume and not args.out:
@@ -51,19 +69,18 @@ def cmd_run(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else default_run_dir(suite)
     # On Dask the GPUs are the workers', not the client's: only a local run needs CUDA here.
     device = args.device if args.executor == "dask" and args.device.startswith("cuda") else resolve_device(args.device)
-    options = RunOptions(device=device, threads=args.threads, show_progress=not args.quiet)
-    executor = None
+    options = RunOptions(device=device, threads=args.threads, show_progress=not args.quiet,
+                         cell_timeout=_limit(args.cell_timeout, getattr(suite, "cell_timeout", None), "cell-timeout"),
+                         max_memory_gb=_limit(args.max_memory_gb, getattr(suite, "max_memory_gb", None),
+                                              "max-memory-gb"))
     if args.executor == "dask":
         from anombench.distributed import dask_executor
         executor = dask_executor(args.scheduler, reg)
-    elif args.jobs > 1:
-        from anombench.distributed import process_pool_executor
-        executor = process_pool_executor(args.jobs)
-
-    def refresh(store: RunStore) -> None:
-        write_tables(store.directory)
-
-    store = run_suite(suite, out, options, resume=args.resume, registry=reg, executor=executor, on_change=refresh)
+    else:
+        from anombench.isolation import isolated_executor
+        executor = isolated_executor(reg, args.jobs)
+    store = run_suite(suite, out, options, resume=args.resume, registry=reg, executor=executor,
+                      observers=[TableWriter()], jobs_at_once=args.jobs if args.executor == "local" else 1)
     write_tables(out)
     print((out / "table.md").read_text())
     print(f"results: {out}")
@@ -159,10 +176,14 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--data", action="append", default=[], metavar="NAME=PATH",
                      help="root folder of a dataset plugin, e.g. mvtec=/data/mvtec_ad (repeatable)")
     run.add_argument("--device", default="auto", help="auto (GPU if there is one), cpu, cuda or cuda:N")
-    run.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")
+    run.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: picked from the machine)")
     run.add_argument("--executor", choices=["local", "dask"], default="local", help="where cells run")
     run.add_argument("--jobs", type=int, default=1, help="local executor: parallel worker processes")
     run.add_argument("--scheduler", help="dask executor: scheduler address tcp://HOST:PORT (default: a LocalCluster)")
+    run.add_argument("--cell-timeout", type=float, metavar="SECONDS",
+                     help="stop a cell (or cells sharing an extraction) running longer; recorded as failed")
+    run.add_argument("--max-memory-gb", type=float, metavar="GB",
+                     help="stop a cell whose processes' peak RSS exceeds GB; recorded as failed")
     run.add_argument("--quiet", action="store_true", help="no progress bars")
     run.set_defaults(handler=cmd_run)
 

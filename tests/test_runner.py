@@ -14,7 +14,8 @@ from anombench.errors import UserError
 from anombench.plugins import Registered, Registry
 from anombench.report import write_tables
 from anombench.results import RunStore, load_cells, load_provenance
-from anombench.runner import RunOptions, exclusive_writer, run_suite
+from anombench.rundir import exclusive_writer
+from anombench.runner import RunOptions, in_process_executor, run_suite
 from anombench.suite import build_suite
 
 QUIET = RunOptions(device="cpu", threads=2, show_progress=False)
@@ -94,8 +95,11 @@ def suite_doc(methods: dict, categories=("disc", "stripes")) -> dict:
     }
 
 
-def run(doc: dict, out: Path, registry: Registry, resume: bool = False) -> RunStore:
-    return run_suite(build_suite(doc, "t.yaml", registry), out, QUIET, resume=resume, registry=registry)
+def run(doc: dict, out: Path, registry: Registry, resume: bool = False, isolated: bool = True) -> RunStore:
+    """Run a suite as the CLI does (each job in a child process) or in this process (to count calls)."""
+    executor = None if isolated else in_process_executor(registry)
+    return run_suite(build_suite(doc, "t.yaml", registry), out, QUIET, resume=resume, registry=registry,
+                     executor=executor)
 
 
 def test_cells_record_metrics_and_resources(tmp_path, test_registry):
@@ -131,7 +135,7 @@ def test_shared_group_extracts_once_and_equals_running_alone(tmp_path, test_regi
     variants = {"a": {"plugin": "pooled_gaussian", "params": {"min_std": 0.01}},
                 "b": {"plugin": "pooled_gaussian", "params": {"min_std": 0.2}}}
     PooledGaussian.extract_calls = 0
-    shared = run(suite_doc(variants, ["disc"]), tmp_path / "shared", test_registry)
+    shared = run(suite_doc(variants, ["disc"]), tmp_path / "shared", test_registry, isolated=False)
     batches = 2 + 2  # 6 train images and 6 test images in batches of 4
     assert PooledGaussian.extract_calls == batches
     assert shared.records["a|synthetic|disc|0"]["shared_features_with"] == ["b"]
