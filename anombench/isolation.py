@@ -85,6 +85,9 @@ def _child(payload: bytes, results: Connection) -> None:
     a shared-memory file descriptor, and a fork server passes at most a few hundred."""
     os.setsid()
     _die_with_parent()
+    # a fork server's child inherits "forkserver" as its default start method: DataLoader workers would each
+    # start a fork server of their own (seconds); give the job's code the platform's default, as in-process
+    multiprocessing.set_start_method(multiprocessing.get_all_start_methods()[0], force=True)
     job, registry = pickle.loads(payload)
     for result in execute_job(job, registry):
         results.send_bytes(pickle.dumps(result))
