@@ -2,21 +2,23 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+import yaml
 from dataset_layouts import make_mvtec_category
 
-from anombench.api import Batch, ComposedFromSharedSteps, Scores
+from anombench.api import Batch, ComposedFromSharedSteps, Scores, UndefinedMetric
 from anombench.errors import UserError
 from anombench.plugins import Registered, Registry
 from anombench.report import write_tables
 from anombench.results import RunStore, load_cells, load_provenance
 from anombench.rundir import exclusive_writer
-from anombench.runner import RunOptions, in_process_executor, run_suite
-from anombench.suite import build_suite
+from anombench.runner import RunOptions, in_process_executor, plan, run_suite
+from anombench.suite import build_suite, load_suite
 
 QUIET = RunOptions(device="cpu", threads=2, show_progress=False)
 
@@ -203,3 +205,94 @@ def test_unreadable_image_in_a_loader_worker_fails_the_cell_naming_the_file(tmp_
     record = store.records["pg|mvtec|bottle|0"]
     assert record["status"] == "failed"
     assert str(broken) in record["error"] and "\n" not in record["error"]
+
+
+class Counting(PooledGaussian):
+    """A third-party method that counts how often the host builds it (constructors store configuration only)."""
+
+    built = 0
+
+    def __init__(self, backbone: str = "pool", min_std: float = 0.05, device: str = "cpu", seed: int = 0) -> None:
+        Counting.built += 1
+        super().__init__(min_std=min_std, device=device, seed=seed)
+        self.backbone = backbone
+
+
+class NoNormalImages:
+    """A metric that does not exist for these cells, as image AUROC on a test set without normal images."""
+
+    higher_is_better = True
+
+    def update(self, scores: Scores, batch: Batch) -> None:
+        pass
+
+    def compute(self, resources) -> float:
+        raise UndefinedMetric("the test set has no normal image\n(second line)")
+
+
+class BrokenTable:
+    """An observer failing like the table writer did on two datasets of one class."""
+
+    def cells_finished(self, store: RunStore) -> None:
+        raise ValueError("cannot reindex on an axis with duplicate labels")
+
+
+@pytest.fixture(scope="module")
+def more_registry(test_registry) -> Registry:
+    extended = Registry()
+    for entries in test_registry.entries.values():
+        for entry in entries.values():
+            extended.add(entry)
+    extended.add(Registered("method", "counting", Counting, "tests", "tests", ""))
+    extended.add(Registered("metric", "no_normal_images", NoNormalImages, "tests", "tests", ""))
+    return extended
+
+
+def test_the_host_builds_each_method_once_per_cell(tmp_path, more_registry):
+    Counting.built = 0
+    variants = {"a": {"plugin": "counting"}, "b": {"plugin": "counting", "params": {"min_std": 0.2}}}
+    store = run(suite_doc(variants, ["disc", "stripes"]), tmp_path / "run", more_registry)
+    assert all(r["status"] == "ok" for r in store.records.values()) and len(store.records) == 4
+    assert Counting.built == 4
+    assert store.records["a|synthetic|disc|0"]["shared_features_with"] == ["b"]
+
+
+def test_an_undefined_metric_is_recorded_with_its_reason_and_a_failing_observer_stops_nothing(tmp_path, more_registry,
+                                                                                             caplog):
+    doc = suite_doc({"pg": {"plugin": "pixel_gaussian"}}, ["disc", "stripes"])
+    doc["metrics"] = ["pixel_auroc", "no_normal_images"]
+    doc["table"]["cell"] = ["pixel_auroc"]
+    store = run_suite(build_suite(doc, "t.yaml", more_registry), tmp_path / "run", QUIET, registry=more_registry,
+                      observers=[BrokenTable()])
+    assert len(store.records) == 2
+    for record in store.records.values():
+        assert record["status"] == "ok" and 0.5 <= record["metrics"]["pixel_auroc"] <= 1.0
+        assert record["metrics"]["no_normal_images"] is None
+        assert record["undefined"] == {"no_normal_images": "the test set has no normal image (second line)"}
+    warnings = [r.getMessage() for r in caplog.records if "BrokenTable" in r.getMessage()]
+    assert len(warnings) == 2 and "\n" not in warnings[0]
+    assert "ValueError: cannot reindex on an axis with duplicate labels" in warnings[0]
+
+
+def test_result_files_get_the_users_permissions(tmp_path, test_registry):
+    previous = os.umask(0o022)
+    try:
+        run(suite_doc({"pg": {"plugin": "pixel_gaussian"}}, ["disc"]), tmp_path / "run", test_registry)
+    finally:
+        os.umask(previous)
+    written = [p for p in (tmp_path / "run").rglob("*") if p.is_file() and p.name != ".lock"]
+    assert {p.name for p in written} >= {"cells.jsonl", "run.json", "suite.yaml", "examples.npz", "curves.json"}
+    assert {oct(p.stat().st_mode & 0o777) for p in written} == {"0o644"}
+
+
+def test_a_variant_substituted_by_an_override_is_labelled_so(tmp_path, more_registry):
+    path = tmp_path / "suite.yaml"
+    doc = suite_doc({"a": {"plugin": "counting", "params": {"backbone": "pool"}},
+                     "pg": {"plugin": "pixel_gaussian"}}, ["disc"])
+    path.write_text(yaml.safe_dump(doc))
+    suite = load_suite(path, more_registry, ["backbone=pool8"])
+    cells = {c.spec.name: c for job in plan(suite, more_registry, set(), QUIET).jobs for c in job.cells}
+    assert (cells["a"].label, cells["a"].substituted) == ("a [backbone=pool8]", True)
+    assert (cells["pg"].label, cells["pg"].substituted) == ("pg", False)
+    same = load_suite(path, more_registry, ["backbone=pool"])
+    assert [c.label for job in plan(same, more_registry, set(), QUIET).jobs for c in job.cells] == ["a", "pg"]
