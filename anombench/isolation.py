@@ -6,9 +6,10 @@ How:
   once and never ran torch: a child starts in tens of milliseconds, and never inherits OpenMP threads (a child
   forked from a parent whose torch had run multi-threaded hangs in its first parallel op) nor a CUDA context.
 - Each child starts its own session (``setsid``): it and its DataLoader workers form one process group, which the
-  parent kills as a whole when the job ends, breaks a limit or the run stops. A child also asks the kernel to kill
-  it when its parent (the fork server) dies, and the fork server exits when the run's process does, even on
-  SIGKILL; loader workers then see their parent gone and exit.
+  parent kills as a whole when the job ends, breaks a limit or the run stops. If the run's process dies without
+  doing so (SIGKILL), a thread of the child sees its lifeline pipe from the run close and kills the group itself;
+  the fork server then exits too (it lives while some process holds its "alive" pipe, which every child
+  inherits and closes at once for that reason).
 - The parent waits on a pipe that carries each cell's result; meanwhile it checks the job's deadline
   (``cell_timeout``) and samples the memory of the job's process tree as the cell's own figure counts it
   (``resources.tree_bytes``) against ``max_memory_gb``.
@@ -20,7 +21,6 @@ How:
 from __future__ import annotations
 
 import concurrent.futures
-import ctypes
 import importlib.metadata
 import multiprocessing
 import os
@@ -43,7 +43,6 @@ from anombench.resources import GB, tree_bytes
 from anombench.results import CellResult
 from anombench.runner import Executor, OnResults, execute_job, failed_results
 
-PR_SET_PDEATHSIG = 1
 MEMORY_INTERVAL = 0.2  # seconds between two samples of a job's memory when it has a limit
 _live: set[int] = set()  # process groups of running children
 _lock = threading.Lock()
@@ -70,21 +69,32 @@ def warm_up() -> None:
     forkserver.ensure_running()
 
 
-def _die_with_parent() -> None:
-    """Ask Linux to SIGKILL this process when its parent (the fork server) exits; elsewhere, nothing."""
+def _die_with_the_run(lifeline: Connection) -> None:
+    """Block until the run's end of ``lifeline`` closes (the run ended or died), then kill this process group."""
     try:
-        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-    except (OSError, AttributeError):
-        return
+        lifeline.recv_bytes()
+    except (EOFError, OSError):
+        pass
+    os.killpg(0, signal.SIGKILL)
 
 
-def _child(payload: bytes, results: Connection) -> None:
+def _release_fork_server() -> None:
+    """Close the fork server's "alive" pipe that multiprocessing hands every child (so that it can start processes
+    through the same server): while any process holds it the server never exits."""
+    server = forkserver._forkserver
+    if server._forkserver_alive_fd is not None:
+        os.close(server._forkserver_alive_fd)
+        server._forkserver_alive_fd = None
+
+
+def _child(payload: bytes, results: Connection, lifeline: Connection) -> None:
     """The child's side: own process group, run the job, send each cell's result, close the pipe.
 
     The job travels as plain pickle bytes: multiprocessing's pickler would hand each tensor of the methods over as
     a shared-memory file descriptor, and a fork server passes at most a few hundred."""
     os.setsid()
-    _die_with_parent()
+    _release_fork_server()
+    threading.Thread(target=_die_with_the_run, args=(lifeline,), daemon=True).start()
     # a fork server's child inherits "forkserver" as its default start method: DataLoader workers would each
     # start a fork server of their own (seconds); give the job's code the platform's default, as in-process
     multiprocessing.set_start_method(multiprocessing.get_all_start_methods()[0], force=True)
@@ -146,6 +156,8 @@ def _receive(job: Job, process: multiprocessing.process.BaseProcess, pipe: Conne
                 break
         if _stopping.is_set():
             raise Stopped
+        if not process.is_alive():  # dead, though its loader workers may still hold the pipe open
+            break
         broken = _limits_broken(job, process.pid, deadline)
         if broken is not None:
             yield broken
@@ -158,10 +170,13 @@ def _receive(job: Job, process: multiprocessing.process.BaseProcess, pipe: Conne
 def run_in_child(job: Job, registry: Registry) -> tuple[list[CellResult], str | None]:
     """Run ``job`` in a child process; its results, and the reason it ended badly (None when it ended well)."""
     pipe, child_end = context().Pipe(duplex=False)
+    lifeline, run_end = context().Pipe(duplex=False)
     payload = pickle.dumps((job, registry))
-    process = context().Process(target=_child, args=(payload, child_end), name=f"anombench {job.describe()}")
+    process = context().Process(target=_child, args=(payload, child_end, lifeline),
+                                name=f"anombench {job.describe()}")
     process.start()
     child_end.close()
+    lifeline.close()
     with _lock:
         _live.add(process.pid)
     results: list[CellResult] = []
@@ -177,6 +192,7 @@ def run_in_child(job: Job, registry: Registry) -> tuple[list[CellResult], str | 
         with _lock:
             _live.discard(process.pid)
         pipe.close()
+        run_end.close()
     return results, reason
 
 

@@ -171,4 +171,34 @@ def test_the_cli_records_each_crash_and_leaves_no_process_behind(site, tmp_path,
     deadline = time.monotonic() + 15
     while marked_processes(mark) and time.monotonic() < deadline:
         time.sleep(0.2)
-    assert [p.cmdline() for p in marked_processes(mark)] == [], "processes of the run outlived it"
+    assert [(p.pid, p.ppid(), p.cmdline()[-1][:60]) for p in marked_processes(mark)] == [], \
+        "processes of the run outlived it"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("how", [signal.SIGKILL, signal.SIGINT], ids=["SIGKILL", "Ctrl-C"])
+def test_a_cli_killed_mid_cell_leaves_no_process_behind(site, tmp_path, how):
+    """The run's own process dies (SIGKILL: no clean-up code runs) or is interrupted while a job's process and its
+    loader worker run: they go too (the fork server exits with the run, its children with it)."""
+    markers, mark = tmp_path / "markers", uuid.uuid4().hex
+    suite = write_suite(tmp_path / "suite.yaml", ["disc"], methods={
+        "sleepy": {"plugin": "crasher", "params": {"how": "sleep", "marker_dir": str(markers)}}})
+    doc = yaml.safe_load(suite.read_text())
+    doc["run"]["workers"] = 1
+    suite.write_text(yaml.safe_dump(doc))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(site), str(THIRDPARTY)]),
+           "ANOMBENCH_PLUGINS": LIGHT_PLUGINS, "ANOMBENCH_TEST_MARK": mark}
+    process = subprocess.Popen([sys.executable, "-m", "anombench.cli", "run", str(suite), "--out", "run", "--quiet",
+                                "--device", "cpu", "--threads", "1"], cwd=tmp_path, env=env,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 300
+    while not (markers.exists() and any(markers.iterdir())) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert len(marked_processes(mark)) >= 4, "the run, its fork server, the job's process and its loader worker"
+    process.send_signal(how)
+    process.wait(timeout=120)
+    deadline = time.monotonic() + 20
+    while marked_processes(mark) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert [(p.pid, p.ppid(), p.cmdline()[-1][:60]) for p in marked_processes(mark)] == [], \
+        "processes of the run outlived it"
