@@ -24,7 +24,6 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from anombench.api import Batch, Method, Metric, Resources, Scores, UndefinedMetric, collate
-from anombench.errors import UserError
 from anombench.examples import ExampleKeeper
 from anombench.planning import (
     Job,

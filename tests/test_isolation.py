@@ -20,7 +20,7 @@ import pytest
 import torch
 import yaml
 from test_cli import write_suite
-from test_runner import PooledGaussian, suite_doc
+from test_runner import PooledGaussian, extended, suite_doc
 
 from anombench.plugins import Registered, Registry
 from anombench.results import RunStore
@@ -89,14 +89,9 @@ def crash_registry(registry) -> Registry:
     sys.path.insert(0, str(THIRDPARTY))
     from anombench_crashers import Crasher
 
-    extended = Registry()
-    for entries in registry.entries.values():
-        for entry in entries.values():
-            extended.add(entry)
-    extended.add(Registered("method", "crasher", Crasher, "crashers", "tests", ""))
-    extended.add(Registered("method", "pooled_gaussian", PooledGaussian, "tests", "tests", ""))
-    extended.add(Registered("method", "crashing_pooled", CrashingPooled, "tests", "tests", ""))
-    return extended
+    return extended(registry, Registered("method", "crasher", Crasher, "crashers", "tests", ""),
+                    Registered("method", "pooled_gaussian", PooledGaussian, "tests", "tests", ""),
+                    Registered("method", "crashing_pooled", CrashingPooled, "tests", "tests", ""))
 
 
 def run(doc: dict, out: Path, registry: Registry, isolated: bool = True) -> RunStore:

@@ -74,15 +74,21 @@ class ExplodingMethod:
         raise AssertionError("never reached")
 
 
+def extended(registry: Registry, *more: Registered) -> Registry:
+    """A copy of ``registry`` with ``more`` entries registered in-process."""
+    copy = Registry()
+    for entries in registry.entries.values():
+        for entry in entries.values():
+            copy.add(entry)
+    for entry in more:
+        copy.add(entry)
+    return copy
+
+
 @pytest.fixture(scope="module")
 def test_registry(registry) -> Registry:
-    extended = Registry()
-    for kind, entries in registry.entries.items():
-        for entry in entries.values():
-            extended.add(entry)
-    extended.add(Registered("method", "pooled_gaussian", PooledGaussian, "tests", "tests", ""))
-    extended.add(Registered("method", "exploding", ExplodingMethod, "tests", "tests", ""))
-    return extended
+    return extended(registry, Registered("method", "pooled_gaussian", PooledGaussian, "tests", "tests", ""),
+                    Registered("method", "exploding", ExplodingMethod, "tests", "tests", ""))
 
 
 def suite_doc(methods: dict, categories=("disc", "stripes")) -> dict:
@@ -239,13 +245,8 @@ class BrokenTable:
 
 @pytest.fixture(scope="module")
 def more_registry(test_registry) -> Registry:
-    extended = Registry()
-    for entries in test_registry.entries.values():
-        for entry in entries.values():
-            extended.add(entry)
-    extended.add(Registered("method", "counting", Counting, "tests", "tests", ""))
-    extended.add(Registered("metric", "no_normal_images", NoNormalImages, "tests", "tests", ""))
-    return extended
+    return extended(test_registry, Registered("method", "counting", Counting, "tests", "tests", ""),
+                    Registered("metric", "no_normal_images", NoNormalImages, "tests", "tests", ""))
 
 
 def test_the_host_builds_each_method_once_per_cell(tmp_path, more_registry):
