@@ -291,6 +291,16 @@ class Checkable(Protocol):
     def check(root: str) -> str: ...
 
 
+@runtime_checkable
+class ChecksFiles(Protocol):
+    """Optional for a file-based dataset: every missing, extra or broken file of one category, one line each
+    (decoding every image and mask when ``verify``, in parallel processes, with a progress bar when ``progress``).
+    The runner calls it for the run's categories before any cell, so a truncated image is named before an hour of
+    fitting; ``anombench data check`` prints it. An empty list means the category is sound."""
+
+    def check_files(self, category: str, verify: bool = True, progress: bool = False) -> list[str]: ...
+
+
 DATA_ACTIONS: dict[str, type] = {"download": Downloadable, "check": Checkable}
 
 

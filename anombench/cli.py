@@ -56,16 +56,33 @@ def _check_data_names(roots: dict[str, str], suite: "Suite") -> None:
         raise UserError(f"--data {unknown[0]}=...: '{unknown[0]}' is not a dataset of {suite.path}; its datasets: {listed}")
 
 
+def _limit(flag: float | None, suite_value: float | None, name: str) -> float | None:
+    """A limit from the command line, else from the suite's ``run:`` block; positive when given."""
+    value = flag if flag is not None else suite_value
+    if value is not None and value <= 0:
+        raise UserError(f"--{name} must be positive, got {value:g}")
+    return value
+
+
+def _ci_level(level: float | None) -> float | None:
+    """A confidence level in (0, 1): 0.95, not 95 (the tables' percent)."""
+    if level is not None and not 0 < level < 1:
+        raise UserError(f"--ci must be a confidence level between 0 and 1 (e.g. 0.95), got {level:g}")
+    return level
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from anombench.catalog import find_suite
     from anombench.plugins import registry
-    from anombench.report import write_tables
-    from anombench.results import RunStore, load_provenance
-    from anombench.runner import RunOptions, default_run_dir, resolve_device, run_suite
+    from anombench.report import TableWriter
+    from anombench.results import load_provenance
+    from anombench.rundir import default_run_dir
+    from anombench.runner import RunOptions, run_suite
+    from anombench.planning import resolve_device
     from anombench.suite import load_suite
 
     if args.threads < 0:
-        raise UserError(f"--threads must be 0 (torch's choice) or more, got {args.threads}")
+        raise UserError(f"--threads must be 0 (picked from the machine) or more, got {args.threads}")
     reg = registry()
     roots = _parse_data_roots(args.data)
     suite = load_suite(find_suite(args.suite), reg, args.set, roots)
@@ -75,20 +92,20 @@ def cmd_run(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else default_run_dir(suite)
     # On Dask the GPUs are the workers', not the client's: only a local run needs CUDA here.
     device = args.device if args.executor == "dask" and args.device.startswith("cuda") else resolve_device(args.device)
-    options = RunOptions(device=device, threads=args.threads, show_progress=not args.quiet)
-    executor = None
+    options = RunOptions(device=device, threads=args.threads, show_progress=not args.quiet,
+                         cell_timeout=_limit(args.cell_timeout, suite.cell_timeout, "cell-timeout"),
+                         max_memory_gb=_limit(args.max_memory_gb, suite.max_memory_gb, "max-memory-gb"),
+                         ci_level=_ci_level(args.ci if args.ci is not None else suite.ci),
+                         ci_resamples=args.ci_resamples if args.ci_resamples is not None else suite.ci_resamples)
     if args.executor == "dask":
         from anombench.distributed import dask_executor
         executor = dask_executor(args.scheduler, reg)
-    elif args.jobs > 1:
-        from anombench.distributed import process_pool_executor
-        executor = process_pool_executor(args.jobs)
-
-    def refresh(store: RunStore) -> None:
-        write_tables(store.directory)
-
-    store = run_suite(suite, out, options, resume=args.resume, registry=reg, executor=executor, on_change=refresh)
-    write_tables(out)
+    else:
+        from anombench.isolation import isolated_executor
+        executor = isolated_executor(reg, args.jobs)
+    store = run_suite(suite, out, options, resume=args.resume, registry=reg, executor=executor,
+                      observers=[TableWriter()], jobs_at_once=args.jobs if args.executor == "local" else 1)
+    TableWriter().cells_finished(store)
     print((out / "table.md").read_text())
     print(f"results: {out}")
     grid = set(load_provenance(out).get("grid") or [])  # a narrowed resume leaves other cells out of its verdict
@@ -178,10 +195,12 @@ def _dataset_params(items: list[str]) -> dict[str, object]:
 def _data_check(args: argparse.Namespace, factory: Callable[..., object]) -> int:
     """The dataset's own count table (if it has one), then every missing, extra or broken file (the first
     ``SHOWN_PROBLEMS``, then a count) through the dataset's ``check_files``; exit 1 if there is any."""
+    from anombench.api import ChecksFiles
+
     dataset = factory(root=args.root, **_dataset_params(args.param))  # a wrong root fails here, with a hint
-    check_files = getattr(dataset, "check_files", None)
-    if not callable(check_files):
-        raise UserError(f"dataset '{args.dataset}' offers no file check (check_files)")
+    if not isinstance(dataset, ChecksFiles):
+        raise UserError(f"dataset '{args.dataset}' offers no file check (anombench.api.ChecksFiles)")
+    check_files = dataset.check_files
     table = getattr(factory, "check", None)
     if callable(table):
         print(table(args.root))
@@ -270,10 +289,17 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--data", action="append", default=[], metavar="NAME=PATH",
                      help="root folder of a dataset plugin, e.g. mvtec=/data/mvtec_ad (repeatable)")
     run.add_argument("--device", default="auto", help="auto (GPU if there is one), cpu, cuda or cuda:N")
-    run.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")
+    run.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: picked from the machine)")
     run.add_argument("--executor", choices=["local", "dask"], default="local", help="where cells run")
     run.add_argument("--jobs", type=int, default=1, help="local executor: parallel worker processes")
     run.add_argument("--scheduler", help="dask executor: scheduler address tcp://HOST:PORT (default: a LocalCluster)")
+    run.add_argument("--cell-timeout", type=float, metavar="SECONDS",
+                     help="stop a cell (or cells sharing an extraction) running longer; recorded as failed")
+    run.add_argument("--max-memory-gb", type=float, metavar="GB",
+                     help="stop a cell whose processes' peak RSS exceeds GB; recorded as failed")
+    run.add_argument("--ci", type=float, metavar="LEVEL",
+                     help="bootstrap confidence intervals over test images at LEVEL, e.g. 0.95 (default: off)")
+    run.add_argument("--ci-resamples", type=int, metavar="N", help="bootstrap resamples (default 1000)")
     run.add_argument("--quiet", action="store_true", help="no progress bars")
     run.set_defaults(handler=cmd_run)
 

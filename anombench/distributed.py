@@ -1,20 +1,24 @@
-"""Executors that run a suite's tasks in parallel: a local process pool (``--jobs N``) and Dask (``--executor dask``).
+"""The Dask executor (``--executor dask``); the local one, with ``--jobs N``, is in isolation.py.
 
-Both honour the runner's ``Executor`` contract: run every ``GroupTask`` and hand its records to ``on_records`` in
-this process, the client, as each task finishes. Only the client writes the result store, so workers need no shared
-filesystem for results and a killed client loses only the tasks still in flight (``--resume`` re-plans them).
+It honours the runner's ``Executor`` contract: run every ``Job`` and hand its results to ``on_results`` in this
+process, the client, as each job finishes. Only the client writes the result store, so workers need no shared
+filesystem for results and a killed client loses only the jobs still in flight (``--resume`` re-plans them).
 
 Feature sharing survives distribution: the cells of one dataset, category and seed whose methods share a feature
-extraction are a single ``GroupTask``, and a task always runs whole, on one worker; only independent tasks spread.
+extraction are a single ``Job``, and a job always runs whole, on one worker; only independent jobs spread.
 
 What a worker needs: the same anombench and plugin distributions as the client, at the same versions (checked
 before each task: a plugin missing on a worker, or at another version, fails that task's cells and names the
 distribution to install), and every dataset at the same path as on the client. A worker that cannot read a
 dataset records the dataset's own error, which names the path, and every record says which worker ran it.
 
-Failures: a method or dataset error is a failed record made on the worker (``execute_group`` never raises for
-those). A worker that dies mid-task (killed, out of memory) makes the scheduler re-run the task elsewhere, a bounded
-number of times; then its cells are recorded as failed with the reason (``KilledWorker: ...``) and the suite goes on.
+Failures: a method or dataset error is a failed record made on the worker (``execute_job`` never raises for
+those). A worker that may start processes (not daemonic: the LocalCluster's workers are started so, and a worker of
+yours is when started with ``DASK_DISTRIBUTED__WORKER__DAEMON=False``) runs each job in a child process, as the local
+executor does: a crash, a timeout (``--cell-timeout``) or a memory limit (``--max-memory-gb``) fails that job's cells
+with the reason (``killed by SIGSEGV``) and the worker goes on. A daemonic worker runs jobs in-process: a crash kills
+the worker, the scheduler re-runs the job elsewhere a bounded number of times, then its cells are recorded as failed
+with ``KilledWorker: ...`` and the suite goes on; limits are not enforced there.
 
 GPUs: with ``--device cuda`` each task asks for the worker resource ``GPU: 1``, so a GPU runs one cell at a time.
 Start one worker per GPU, each seeing only its GPU and advertising it::
@@ -27,14 +31,14 @@ The LocalCluster started when no scheduler is given does exactly this for every 
 
 from __future__ import annotations
 
-import concurrent.futures
+import dataclasses
 import logging
 import multiprocessing
 import os
 import socket
 import sys
 import uuid
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
@@ -42,15 +46,17 @@ from typing import TYPE_CHECKING, Any, Protocol
 import torch
 
 from anombench.errors import UserError
+from anombench.isolation import run_isolated
+from anombench.planning import Job, available_cores, error_text
 from anombench.plugins import Kind, Registry
 from anombench.plugins import registry as default_registry
-from anombench.runner import Executor, GroupTask, failed_records, execute_group
+from anombench.results import CellResult
+from anombench.runner import Executor, OnResults, execute_job, failed_results
 
 if TYPE_CHECKING:
     from distributed import Client, SpecCluster
 
-Records = list[dict[str, Any]]
-OnRecords = Callable[[Records], None]
+Results = list[CellResult]
 IN_PROCESS = "(in-process)"
 
 
@@ -67,11 +73,11 @@ class Needed:
         return f"{self.kind} '{self.name}'"
 
 
-def needed_plugins(task: GroupTask, registry: Registry) -> tuple[Needed, ...]:
-    """Every method, dataset and metric the task uses, with the client's distribution and version of each."""
-    uses: list[tuple[Kind, str]] = [("dataset", task.dataset.plugin)]
-    uses += [("method", spec.plugin) for spec in task.methods]
-    uses += [("metric", name) for name in task.metrics]
+def needed_plugins(job: Job, registry: Registry) -> tuple[Needed, ...]:
+    """Every method, dataset and metric the job uses, with the client's distribution and version of each."""
+    uses: list[tuple[Kind, str]] = [("dataset", job.dataset.plugin)]
+    uses += [("method", planned.spec.plugin) for planned in job.cells]
+    uses += [("metric", name) for name in job.metrics]
     needed = []
     for kind, name in dict.fromkeys(uses):
         entry = registry.get(kind, name)
@@ -107,76 +113,44 @@ def check_plugins(needed: Iterable[Needed], registry: Registry) -> None:
                         "installed, at the same versions")
 
 
-def run_task(task: GroupTask, needed: tuple[Needed, ...] = ()) -> Records:
-    """The worker side: check the plugins, run the group with the worker's own entry-point registry, and tag
-    each record with the worker that computed it and its torch threads (timings depend on the one, float32
-    results in the last bits on the other)."""
-    check_plugins(needed, default_registry())
-    records = execute_group(task)
+def run_task(job: Job, needed: tuple[Needed, ...] = ()) -> Results:
+    """The worker side: check the plugins, run the job with the worker's own entry-point registry (in a child
+    process where the worker may start one), and tag each result with the worker that computed it and its torch
+    threads (timings depend on the one, float32 results in the last bits on the other). Threads the client
+    picked from its own machine are left to the worker, which knows its cores."""
+    registry = default_registry()
+    check_plugins(needed, registry)
+    if "threads" in job.settings.picked:
+        job = dataclasses.replace(job, settings=dataclasses.replace(job.settings, threads=0))
+    daemonic = multiprocessing.current_process().daemon
+    results = execute_job(job, registry) if daemonic else run_isolated(job, registry)
     where = {"worker": worker_name(), "torch_threads": torch.get_num_threads()}
-    return [record | where for record in records]
+    for result in results:
+        result.extra |= where
+    return results
 
 
 class _Future(Protocol):
-    def result(self) -> Records: ...
+    def result(self) -> Results: ...
 
 
-def records_of(future: _Future, task: GroupTask) -> Records:
-    """The task's records, or one failed record per cell carrying the reason the task itself failed."""
+def results_of(future: _Future, job: Job) -> Results:
+    """The job's results, or one failed result per cell carrying the reason the job itself failed."""
     try:
         return future.result()
-    except Exception as exc:  # noqa: BLE001 - whatever ended the task (KilledWorker, a worker's check) is the reason
-        return failed_records(task, exc)
+    except Exception as exc:  # noqa: BLE001 - whatever ended the job (KilledWorker, a worker's check) is the reason
+        return failed_results(job, error_text(exc))
 
 
-def stream(futures: dict[Any, GroupTask], completed: Iterator[Any], on_records: OnRecords) -> None:
-    """Hand each task's records back in the order the tasks finish, then drop the future so the cluster can
-    forget the result (records carry example images)."""
+def stream(futures: dict[Any, Job], completed: Iterator[Any], on_results: OnResults) -> None:
+    """Hand each job's results back in the order the jobs finish, then drop the future so the cluster can
+    forget the result (results carry example images)."""
     for future in completed:
-        on_records(records_of(future, futures.pop(future)))
-
-
-def available_cores() -> int:
-    """Cores this process may run on (its CPU affinity, which containers and batch systems restrict)."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        on_results(results_of(future, futures.pop(future)))
 
 
 def cores_per_worker(workers: int) -> int:
     return max(1, available_cores() // workers)
-
-
-def completed_polling(futures: list[concurrent.futures.Future], interval: float = 0.5) -> Iterator[Any]:
-    """Futures as they finish, like ``as_completed``, but waking every ``interval`` seconds: a Ctrl-C whose signal
-    the kernel hands to another thread is only seen when the main thread runs Python code again, and an
-    unbounded wait would put that off until a cell finishes."""
-    pending = set(futures)
-    while pending:
-        done, pending = concurrent.futures.wait(pending, timeout=interval,
-                                                return_when=concurrent.futures.FIRST_COMPLETED)
-        yield from done
-
-
-def process_pool_executor(jobs: int) -> Executor:
-    """``--jobs N``: N fresh processes on this machine, each with an equal share of the cores for torch.
-
-    Processes are spawned, not forked (a forked torch with live threads can deadlock), and load plugins from their
-    entry points, like Dask workers. A process that dies breaks the pool: the remaining cells are recorded as
-    failed and ``--resume`` runs them again.
-    """
-    if jobs < 1:
-        raise UserError(f"--jobs must be at least 1, got {jobs}")
-
-    def run(tasks: list[GroupTask], on_records: OnRecords) -> None:
-        context = multiprocessing.get_context("spawn")
-        with concurrent.futures.ProcessPoolExecutor(jobs, mp_context=context, initializer=torch.set_num_threads,
-                                                    initargs=(cores_per_worker(jobs),)) as pool:
-            futures = {pool.submit(run_task, task): task for task in tasks}
-            try:
-                stream(futures, completed_polling(list(futures)), on_records)
-            except BaseException:  # Ctrl-C or a store error: the queued cells must not run on with nobody storing
-                pool.shutdown(wait=False, cancel_futures=True)
-                raise
-    return run
 
 
 def gpu_names() -> list[str]:
@@ -210,7 +184,8 @@ def worker_specs(device: str) -> dict[str, dict[str, Any]]:
 def local_cluster(device: str, retries: int) -> SpecCluster:
     """A LocalCluster on 127.0.0.1 (worker processes, no dashboard) whose scheduler re-runs a task at most
     ``retries`` times after its worker died, and gives a worker a task only when it has a free thread (so a
-    dying worker takes no queued cell down with it)."""
+    dying worker takes no queued cell down with it). Its workers are not daemonic, so each runs its jobs in child
+    processes (see the module docstring); ``connect`` keeps that setting while the cluster lives, for restarts."""
     import dask
     from distributed import Nanny, Scheduler, SpecCluster
 
@@ -229,7 +204,10 @@ def connect(scheduler: str | None, device: str, retries: int) -> Iterator[Client
     from distributed import Client
 
     if scheduler is None:
-        with local_cluster(device, retries) as cluster, Client(cluster) as client:
+        import dask
+
+        with dask.config.set({"distributed.worker.daemon": False}), local_cluster(device, retries) as cluster, \
+                Client(cluster) as client:
             yield client
         return
     try:
@@ -241,7 +219,7 @@ def connect(scheduler: str | None, device: str, retries: int) -> Iterator[Client
         yield client
 
 
-def check_workers(client: Client, tasks: list[GroupTask]) -> None:
+def check_workers(client: Client, tasks: list[Job]) -> None:
     """Catch the set-ups that would wait forever: GPU cells and workers, none of which advertises a GPU."""
     workers = client.scheduler_info()["workers"]
     if not workers:
@@ -251,11 +229,11 @@ def check_workers(client: Client, tasks: list[GroupTask]) -> None:
                         "per GPU with `dask worker ADDRESS --nthreads 1 --resources GPU=1`")
 
 
-def wants_gpu(task: GroupTask) -> bool:
+def wants_gpu(task: Job) -> bool:
     return task.options.device.startswith("cuda")
 
 
-def check_device(tasks: list[GroupTask]) -> None:
+def check_device(tasks: list[Job]) -> None:
     """``cuda:N`` names a GPU of the client; a worker sees only the GPU it was started with."""
     numbered = {task.options.device for task in tasks if task.options.device.startswith("cuda:")}
     if numbered:
@@ -263,11 +241,10 @@ def check_device(tasks: list[GroupTask]) -> None:
                         "pass --device cuda and start one worker per GPU (CUDA_VISIBLE_DEVICES=N dask worker ...)")
 
 
-def submit_options(task: GroupTask) -> dict[str, Any]:
-    """A readable, unique task key (the dashboard and KilledWorker name it) and the GPU a cuda task needs."""
-    cells = "+".join(spec.name for spec in task.methods)
-    key = f"anombench-{cells}|{task.dataset.alias}|{task.category}|{task.seed}-{uuid.uuid4().hex[:8]}"
-    return {"key": key, "pure": False, "resources": {"GPU": 1} if wants_gpu(task) else None}
+def submit_options(job: Job) -> dict[str, Any]:
+    """A readable, unique task key (the dashboard and KilledWorker name it) and the GPU a cuda job needs."""
+    key = f"anombench-{job.describe()}-{uuid.uuid4().hex[:8]}"
+    return {"key": key, "pure": False, "resources": {"GPU": 1} if wants_gpu(job) else None}
 
 
 def dask_executor(scheduler: str | None, registry: Registry, retries: int = 2) -> Executor:
@@ -280,7 +257,7 @@ def dask_executor(scheduler: str | None, registry: Registry, retries: int = 2) -
     ``distributed.scheduler.allowed-failures`` (default 3). ``registry`` is the client's: workers must provide
     the same plugins, checked before each task.
     """
-    def run(tasks: list[GroupTask], on_records: OnRecords) -> None:
+    def run(tasks: list[Job], on_results: OnResults) -> None:
         check_device(tasks)
         device = "cuda" if any(wants_gpu(task) for task in tasks) else "cpu"
         from distributed import as_completed
@@ -290,5 +267,5 @@ def dask_executor(scheduler: str | None, registry: Registry, retries: int = 2) -
             futures = {client.submit(run_task, task, needed_plugins(task, registry), retries=retries,
                                      **submit_options(task)): task
                        for task in tasks}
-            stream(futures, as_completed(futures), on_records)
+            stream(futures, as_completed(futures), on_results)
     return run

@@ -35,6 +35,12 @@ def children_uss(process: psutil.Process) -> int:
     return total
 
 
+def tree_bytes(process: psutil.Process, children: int | None = None) -> int:
+    """A process's memory as a cell's figure counts it: its RSS plus what its children hold on their own (bytes).
+    ``children``: their USS when just read (it is slow to read, see the module docstring)."""
+    return process.memory_info().rss + (children_uss(process) if children is None else children)
+
+
 class PeakMemory:
     """Context manager: the peak RSS (bytes) seen while the block ran, and the CUDA peak when on a GPU."""
 
@@ -52,12 +58,12 @@ class PeakMemory:
         while not self._stop.is_set():
             if time.monotonic() >= next_children_read:
                 children, next_children_read = children_uss(self._process), time.monotonic() + CHILDREN_INTERVAL
-            self.peak_rss = max(self.peak_rss, self._process.memory_info().rss + children)
+            self.peak_rss = max(self.peak_rss, tree_bytes(self._process, children))
             self._stop.wait(self.interval)
 
     def current(self) -> int:
         """This process's RSS plus what its workers hold on their own (bytes)."""
-        return self._process.memory_info().rss + children_uss(self._process)
+        return tree_bytes(self._process)
 
     def __enter__(self) -> "PeakMemory":
         self.start_rss = self.peak_rss = self.current()

@@ -10,7 +10,11 @@ Layout of a run directory::
                      curves.json (ROC / PRO curves) for the report
 
 Atomicity: every file is written to a temporary sibling, fsynced and renamed over the old one; a SIGKILL at any
-moment leaves either the old or the new file, never a torn one.
+moment leaves either the old or the new file, never a torn one. Files get the permissions a plain ``open`` would
+give them (0644 under umask 022), so a teammate, a CI artifact step or a web server can read them.
+
+A cell's result is a typed ``CellResult`` while the run holds it; it becomes a JSON line (``to_record``) and artifact
+files only here, in ``RunStore.add``.
 """
 
 from __future__ import annotations
@@ -18,16 +22,73 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
+from anombench.api import Resources
 from anombench.errors import UserError
 
 CELLS = "cells.jsonl"
 PROVENANCE = "run.json"
-ARTIFACTS = "_artifacts"  # record key of {file name: bytes}, written under artifacts/<cell>/ and not into cells.jsonl
+
+
+@dataclass
+class CellResult:
+    """What one cell produced, as the runner holds it (like pytest's TestReport): every figure once, artifacts apart.
+
+    ``artifacts``: {file name: bytes} stored under artifacts/<cell>/ (examples.npz, curves.json, ...), never in the
+    JSON line. ``extra``: where it ran (a Dask worker's address and torch threads), added to the line as is.
+    """
+
+    cell: str
+    method: str
+    plugin: str
+    params: dict[str, Any]
+    label: str  # the method variant's column label ("name [backbone=...]" when a --set override substituted it)
+    substituted: bool
+    dataset: str
+    category: str
+    family: str
+    seed: int
+    status: str = "ok"  # "ok" or "failed"
+    error: str | None = None  # one line
+    traceback: str | None = None
+    shared_features_with: list[str] = field(default_factory=list)
+    resources: Resources = field(default_factory=Resources)
+    metrics: dict[str, float | None] = field(default_factory=dict)  # None: undefined for this cell (see undefined)
+    undefined: dict[str, str] = field(default_factory=dict)  # metric -> why it does not exist for this cell
+    metric_error_bounds: dict[str, float] = field(default_factory=dict)
+    intervals: dict[str, list[float]] = field(default_factory=dict)  # metric -> [lo, hi] (runs with --ci)
+    finished_at: str = ""
+    artifacts: dict[str, bytes] = field(default_factory=dict, repr=False)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def fail(self, error: str, trace: str | None) -> None:
+        """Mark the cell failed; figures computed before the failure are dropped (they would look finished)."""
+        self.status, self.error, self.traceback = "failed", error, trace
+        self.metrics, self.undefined, self.metric_error_bounds, self.artifacts = {}, {}, {}, {}
+        self.intervals = {}
+
+    def to_record(self) -> dict[str, Any]:
+        """The cells.jsonl line (keys as documented in the README's result format)."""
+        resources = self.resources
+        measured = {k: v for k, v in vars(resources).items() if k != "extra"} | resources.extra
+        record = {
+            "cell": self.cell, "method": self.method, "plugin": self.plugin, "params": self.params,
+            "label": self.label, "substituted": self.substituted, "dataset": self.dataset,
+            "category": self.category, "family": self.family, "seed": self.seed, "status": self.status,
+            "error": self.error, "traceback": self.traceback, "shared_features_with": self.shared_features_with,
+            "resources": measured,
+            "metrics": self.metrics, "undefined": self.undefined, "finished_at": self.finished_at,
+        }
+        if self.metric_error_bounds:
+            record["metric_error_bounds"] = self.metric_error_bounds
+        if self.intervals:
+            record["intervals"] = self.intervals
+        return record | self.extra
 
 
 def cell_dirname(cell: str) -> str:
@@ -40,10 +101,18 @@ def write_atomic(path: Path, text: str) -> None:
     write_atomic_bytes(path, text.encode())
 
 
+def _umask() -> int:
+    """The process's umask (reading it means setting it: set it back at once)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def write_atomic_bytes(path: Path, payload: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; a plain open() would give 0666 less the umask
         with os.fdopen(fd, "wb") as handle:
             handle.write(payload)
             handle.flush()
@@ -84,12 +153,11 @@ class RunStore:
     def artifact_dir(self, cell: str) -> Path:
         return self.directory / "artifacts" / cell_dirname(cell)
 
-    def add(self, record: dict[str, Any]) -> None:
+    def add(self, result: CellResult) -> None:
         """Store a finished cell: its artifacts first, then the cell line, so a listed cell has its files."""
-        record = dict(record)
-        for name, payload in (record.pop(ARTIFACTS, None) or {}).items():
-            write_atomic_bytes(self.artifact_dir(record["cell"]) / name, payload)
-        self.records[record["cell"]] = record
+        for name, payload in result.artifacts.items():
+            write_atomic_bytes(self.artifact_dir(result.cell) / name, payload)
+        self.records[result.cell] = result.to_record()
         lines = "".join(json.dumps(r, sort_keys=True, allow_nan=True) + "\n" for r in self.records.values())
         write_atomic(self.directory / CELLS, lines)
 

@@ -31,7 +31,7 @@ from anombench.bootstrap import (
     within_interval,
 )
 from anombench.errors import UserError
-from anombench.results import ARTIFACTS, RunStore
+from anombench.results import CellResult, RunStore
 from anombench_plugins.metrics import auroc, pro_score
 
 
@@ -328,8 +328,9 @@ def test_within_interval_and_mean_and_sem():
 def _store_run(directory, cells: dict[str, tuple[str, str, ImageSummaries]]) -> None:
     store = RunStore(directory)
     for cell, (method, category, summary) in cells.items():
-        store.add({"cell": cell, "method": method, "dataset": "toy", "category": category, "seed": 0,
-                   "status": "ok", "metrics": {}, ARTIFACTS: {ARTIFACT: summary.to_bytes()}})
+        store.add(CellResult(cell=cell, method=method, plugin=method, params={}, label=method, substituted=False,
+                             dataset="toy", category=category, family="object", seed=0,
+                             artifacts={ARTIFACT: summary.to_bytes()}))
 
 
 def test_compare_runs_and_methods_read_the_stored_summaries(tmp_path):

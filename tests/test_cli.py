@@ -100,7 +100,7 @@ def test_run_report_compare_end_to_end(site, tmp_path):
 
 
 @pytest.mark.parametrize("args,message", [
-    (["--threads", "-1"], "--threads must be 0 (torch's choice) or more, got -1"),
+    (["--threads", "-1"], "--threads must be 0 (picked from the machine) or more, got -1"),
     (["--set", "methods.pgg.params.min_std=1"], "--set methods.pgg.params.min_std: no method 'pgg' in the suite; "
                                                  "its methods: pg, pg-wide"),
 ])

@@ -199,7 +199,7 @@ def test_offline_table3_runs_lite0_stand_ins_beside_the_papers_figures_of_the_me
 
 def test_tables_one_and_two_share_one_resnet18_extraction_per_category(registry):
     """All ten R18 variants of Tables I and II (five layer choices, five reductions) in one suite on small
-    synthetic data: the plan puts them in one task per category, i.e. one feature extraction feeds all ten.
+    synthetic data: the plan puts them in one job per category, i.e. one feature extraction feeds all ten.
     Random weights stand in for ImageNet's, which are not available offline; sharing depends on the backbone,
     layers and weights being equal, not on their values."""
     tables = [load_yaml(SUITES / f"{name}.yaml") for name in ("table1", "table2")]
@@ -209,11 +209,11 @@ def test_tables_one_and_two_share_one_resnet18_extraction_per_category(registry)
            "datasets": {"synthetic": {"params": {"image_size": 64, "n_train": 4, "n_test_good": 2,
                                                  "n_test_defective": 2}}}}
     suite = build_suite(doc, "tables-1-2", registry)
-    tasks = plan(suite, registry, set(), RunOptions(show_progress=False)).tasks
+    jobs = plan(suite, registry, set(), RunOptions(show_progress=False)).jobs
     assert len(methods) == R18_VARIANTS
-    assert sorted(t.category for t in tasks) == sorted(["stripes", "weave", "disc", "plate"])
-    for task in tasks:
-        assert {m.name for m in task.methods} == set(methods)
+    assert sorted(job.category for job in jobs) == sorted(["stripes", "weave", "disc", "plate"])
+    for job in jobs:
+        assert {cell.spec.name for cell in job.cells} == set(methods)
 
 
 def run_without_data(directory: Path, *extra: str) -> subprocess.CompletedProcess:

@@ -2,20 +2,23 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+import yaml
 from dataset_layouts import make_mvtec_category
 
-from anombench.api import Batch, ComposedFromSharedSteps, Scores
+from anombench.api import Batch, ComposedFromSharedSteps, Scores, UndefinedMetric
 from anombench.errors import UserError
 from anombench.plugins import Registered, Registry
 from anombench.report import write_tables
 from anombench.results import RunStore, load_cells, load_provenance
-from anombench.runner import RunOptions, exclusive_writer, run_suite
-from anombench.suite import build_suite
+from anombench.rundir import exclusive_writer
+from anombench.runner import RunOptions, in_process_executor, plan, run_suite
+from anombench.suite import build_suite, load_suite
 
 QUIET = RunOptions(device="cpu", threads=2, show_progress=False)
 
@@ -71,15 +74,21 @@ class ExplodingMethod:
         raise AssertionError("never reached")
 
 
+def extended(registry: Registry, *more: Registered) -> Registry:
+    """A copy of ``registry`` with ``more`` entries registered in-process."""
+    copy = Registry()
+    for entries in registry.entries.values():
+        for entry in entries.values():
+            copy.add(entry)
+    for entry in more:
+        copy.add(entry)
+    return copy
+
+
 @pytest.fixture(scope="module")
 def test_registry(registry) -> Registry:
-    extended = Registry()
-    for kind, entries in registry.entries.items():
-        for entry in entries.values():
-            extended.add(entry)
-    extended.add(Registered("method", "pooled_gaussian", PooledGaussian, "tests", "tests", ""))
-    extended.add(Registered("method", "exploding", ExplodingMethod, "tests", "tests", ""))
-    return extended
+    return extended(registry, Registered("method", "pooled_gaussian", PooledGaussian, "tests", "tests", ""),
+                    Registered("method", "exploding", ExplodingMethod, "tests", "tests", ""))
 
 
 def suite_doc(methods: dict, categories=("disc", "stripes")) -> dict:
@@ -94,8 +103,11 @@ def suite_doc(methods: dict, categories=("disc", "stripes")) -> dict:
     }
 
 
-def run(doc: dict, out: Path, registry: Registry, resume: bool = False) -> RunStore:
-    return run_suite(build_suite(doc, "t.yaml", registry), out, QUIET, resume=resume, registry=registry)
+def run(doc: dict, out: Path, registry: Registry, resume: bool = False, isolated: bool = True) -> RunStore:
+    """Run a suite as the CLI does (each job in a child process) or in this process (to count calls)."""
+    executor = None if isolated else in_process_executor(registry)
+    return run_suite(build_suite(doc, "t.yaml", registry), out, QUIET, resume=resume, registry=registry,
+                     executor=executor)
 
 
 def test_cells_record_metrics_and_resources(tmp_path, test_registry):
@@ -123,7 +135,8 @@ def test_a_failing_cell_is_recorded_and_the_suite_goes_on(tmp_path, test_registr
     assert "FAILED cells (1): bad|synthetic|disc|0 (RuntimeError: boom in fit)" in table
     # one of the dataset's four classes ran: its means are labelled as such, not passed off as the 4-class means
     assert load_provenance(tmp_path / "run")["family_sizes"] == {"synthetic": {"texture": 2, "object": 2}}
-    rows = [line.split("|")[1].strip() for line in table.splitlines() if line.startswith("| ")]
+    paper_layout = table.split("### Measurements")[0]
+    rows = [line.split("|")[1].strip() for line in paper_layout.splitlines() if line.startswith("| ")]
     assert rows == ["category", "disc", "objects (1/2)", "all (1/4)"]
 
 
@@ -131,7 +144,7 @@ def test_shared_group_extracts_once_and_equals_running_alone(tmp_path, test_regi
     variants = {"a": {"plugin": "pooled_gaussian", "params": {"min_std": 0.01}},
                 "b": {"plugin": "pooled_gaussian", "params": {"min_std": 0.2}}}
     PooledGaussian.extract_calls = 0
-    shared = run(suite_doc(variants, ["disc"]), tmp_path / "shared", test_registry)
+    shared = run(suite_doc(variants, ["disc"]), tmp_path / "shared", test_registry, isolated=False)
     batches = 2 + 2  # 6 train images and 6 test images in batches of 4
     assert PooledGaussian.extract_calls == batches
     assert shared.records["a|synthetic|disc|0"]["shared_features_with"] == ["b"]
@@ -185,8 +198,9 @@ def test_unknown_category_is_one_line_before_any_work(tmp_path, test_registry):
         run(suite_doc({"pg": {"plugin": "pixel_gaussian"}}, ["bottle"]), tmp_path / "run", test_registry)
 
 
-def test_unreadable_image_in_a_loader_worker_fails_the_cell_naming_the_file(tmp_path, test_registry):
-    """The MVTec reader raises a one-line UserError inside a DataLoader worker; the record keeps that line."""
+def test_an_unreadable_image_is_named_before_any_cell_runs(tmp_path, test_registry):
+    """The data preflight decodes every file of the run's categories first: a truncated image is one line naming
+    it, before any fitting, and no cell is stored."""
     root = tmp_path / "mvtec"
     make_mvtec_category(root, "bottle", size=(32, 32), n_train=3, n_good=1, defects={"crack": 1})
     broken = sorted((root / "bottle" / "train" / "good").glob("*.png"))[0]
@@ -194,8 +208,93 @@ def test_unreadable_image_in_a_loader_worker_fails_the_cell_naming_the_file(tmp_
     doc = suite_doc({"pg": {"plugin": "pixel_gaussian"}})
     doc["datasets"] = {"mvtec": {"params": {"root": str(root), "image_size": 32, "crop_size": 32},
                                  "categories": ["bottle"]}}
-    doc["run"]["workers"] = 1
-    store = run(doc, tmp_path / "run", test_registry)
-    record = store.records["pg|mvtec|bottle|0"]
-    assert record["status"] == "failed"
-    assert str(broken) in record["error"] and "\n" not in record["error"]
+    with pytest.raises(UserError) as raised:
+        run(doc, tmp_path / "run", test_registry)
+    assert str(broken) in str(raised.value) and "\n" not in str(raised.value)
+    assert not (tmp_path / "run" / "cells.jsonl").exists()
+
+
+class Counting(PooledGaussian):
+    """A third-party method that counts how often the host builds it (constructors store configuration only)."""
+
+    built = 0
+
+    def __init__(self, backbone: str = "pool", min_std: float = 0.05, device: str = "cpu", seed: int = 0) -> None:
+        Counting.built += 1
+        super().__init__(min_std=min_std, device=device, seed=seed)
+        self.backbone = backbone
+
+
+class NoNormalImages:
+    """A metric that does not exist for these cells, as image AUROC on a test set without normal images."""
+
+    higher_is_better = True
+
+    def update(self, scores: Scores, batch: Batch) -> None:
+        pass
+
+    def compute(self, resources) -> float:
+        raise UndefinedMetric("the test set has no normal image\n(second line)")
+
+
+class BrokenTable:
+    """An observer failing like the table writer did on two datasets of one class."""
+
+    def cells_finished(self, store: RunStore) -> None:
+        raise ValueError("cannot reindex on an axis with duplicate labels")
+
+
+@pytest.fixture(scope="module")
+def more_registry(test_registry) -> Registry:
+    return extended(test_registry, Registered("method", "counting", Counting, "tests", "tests", ""),
+                    Registered("metric", "no_normal_images", NoNormalImages, "tests", "tests", ""))
+
+
+def test_the_host_builds_each_method_once_per_cell(tmp_path, more_registry):
+    Counting.built = 0
+    variants = {"a": {"plugin": "counting"}, "b": {"plugin": "counting", "params": {"min_std": 0.2}}}
+    store = run(suite_doc(variants, ["disc", "stripes"]), tmp_path / "run", more_registry)
+    assert all(r["status"] == "ok" for r in store.records.values()) and len(store.records) == 4
+    assert Counting.built == 4
+    assert store.records["a|synthetic|disc|0"]["shared_features_with"] == ["b"]
+
+
+def test_an_undefined_metric_is_recorded_with_its_reason_and_a_failing_observer_stops_nothing(tmp_path, more_registry,
+                                                                                             caplog):
+    doc = suite_doc({"pg": {"plugin": "pixel_gaussian"}}, ["disc", "stripes"])
+    doc["metrics"] = ["pixel_auroc", "no_normal_images"]
+    doc["table"]["cell"] = ["pixel_auroc"]
+    store = run_suite(build_suite(doc, "t.yaml", more_registry), tmp_path / "run", QUIET, registry=more_registry,
+                      observers=[BrokenTable()])
+    assert len(store.records) == 2
+    for record in store.records.values():
+        assert record["status"] == "ok" and 0.5 <= record["metrics"]["pixel_auroc"] <= 1.0
+        assert record["metrics"]["no_normal_images"] is None
+        assert record["undefined"] == {"no_normal_images": "the test set has no normal image (second line)"}
+    warnings = [r.getMessage() for r in caplog.records if "BrokenTable" in r.getMessage()]
+    assert len(warnings) == 2 and "\n" not in warnings[0]
+    assert "ValueError: cannot reindex on an axis with duplicate labels" in warnings[0]
+
+
+def test_result_files_get_the_users_permissions(tmp_path, test_registry):
+    previous = os.umask(0o022)
+    try:
+        run(suite_doc({"pg": {"plugin": "pixel_gaussian"}}, ["disc"]), tmp_path / "run", test_registry)
+    finally:
+        os.umask(previous)
+    written = [p for p in (tmp_path / "run").rglob("*") if p.is_file() and p.name != ".lock"]
+    assert {p.name for p in written} >= {"cells.jsonl", "run.json", "suite.yaml", "examples.npz", "curves.json"}
+    assert {oct(p.stat().st_mode & 0o777) for p in written} == {"0o644"}
+
+
+def test_a_variant_substituted_by_an_override_is_labelled_so(tmp_path, more_registry):
+    path = tmp_path / "suite.yaml"
+    doc = suite_doc({"a": {"plugin": "counting", "params": {"backbone": "pool"}},
+                     "pg": {"plugin": "pixel_gaussian"}}, ["disc"])
+    path.write_text(yaml.safe_dump(doc))
+    suite = load_suite(path, more_registry, ["backbone=pool8"])
+    cells = {c.spec.name: c for job in plan(suite, more_registry, set(), QUIET).jobs for c in job.cells}
+    assert (cells["a"].label, cells["a"].substituted) == ("a [backbone=pool8]", True)
+    assert (cells["pg"].label, cells["pg"].substituted) == ("pg", False)
+    same = load_suite(path, more_registry, ["backbone=pool"])
+    assert [c.label for job in plan(same, more_registry, set(), QUIET).jobs for c in job.cells] == ["a", "pg"]
