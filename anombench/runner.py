@@ -32,6 +32,7 @@ import anombench
 from anombench.api import Batch, Dataset, Method, Metric, Resources, Scores, collate, known_categories, shares_features
 from anombench.errors import UserError
 from anombench.examples import ExampleKeeper
+from anombench.fingerprint import MapFingerprint
 from anombench.plugins import Registry, registry as default_registry
 from anombench.resources import GB, PeakMemory, Stopwatch, release_memory
 from anombench.results import ARTIFACTS, RunStore, load_provenance, write_atomic, write_json
@@ -111,6 +112,7 @@ class Member:
     method: Method
     metrics: dict[str, Metric]
     examples: ExampleKeeper = field(default_factory=ExampleKeeper)
+    fingerprint: MapFingerprint = field(default_factory=MapFingerprint)
     fit_watch: Stopwatch = field(default_factory=Stopwatch)
     infer_watch: Stopwatch = field(default_factory=Stopwatch)
     error: str | None = None
@@ -135,6 +137,7 @@ def _update_metrics(member: Member, scores: Scores, batch: Batch) -> None:
     for metric in member.metrics.values():
         metric.update(scores, batch)
     member.examples.update(scores, batch)
+    member.fingerprint.update(scores, batch)
 
 
 def _curves(member: Member) -> dict[str, dict[str, list[float]]]:
@@ -218,7 +221,8 @@ def _record(task: GroupTask, member: Member, resources: Resources, peers: list[s
             record["metric_error_bounds"] = {name: float(m.error_bound) for name, m in member.metrics.items()
                                              if getattr(m, "error_bound", 0.0)}
             record[ARTIFACTS] = {"examples.npz": member.examples.to_bytes(),
-                                 "curves.json": json.dumps(_curves(member)).encode()}
+                                 "curves.json": json.dumps(_curves(member)).encode(),
+                                 "fingerprint.json": json.dumps(member.fingerprint.to_json()).encode()}
         except Exception as exc:
             member.fail(exc)
             record.update(status="failed", error=member.error, traceback=member.trace)
