@@ -230,15 +230,16 @@ def _tint(rng, img, region):
 
 def _transplant(rng: np.random.Generator, img: Canvas, mask: Mask, source: Mask) -> Mask:
     """Replace the masked pixels by those at a random offset, all of which must lie in ``source`` (the part, for
-    objects: a paste in its own colours); the offset is 1.5-4 times the mask's extent, so source and target do
-    not overlap. Returns the mask, or an empty one when no offset fits (the caller redraws)."""
+    objects: a paste in its own colours); the offset is 1.1-2.5 times the mask's extent in a random direction, so
+    source and target do not overlap. Returns the mask, or an empty one when no offset fits (the caller redraws)."""
     size = img.shape[0]
     ys, xs = np.nonzero(mask)
     if len(ys) == 0:
         return mask
     extent = max(ys.max() - ys.min(), xs.max() - xs.min()) + 1
-    for _ in range(20):
-        dy, dx = (rng.uniform(1.5, 4.0, 2) * extent * rng.choice([-1, 1], 2)).round().astype(int)
+    for _ in range(50):
+        angle, distance = rng.uniform(0, 2 * np.pi), rng.uniform(1.1, 2.5) * extent
+        dy, dx = int(round(distance * np.sin(angle))), int(round(distance * np.cos(angle)))
         sy, sx = ys + dy, xs + dx
         if sy.min() >= 0 and sx.min() >= 0 and sy.max() < size and sx.max() < size and source[sy, sx].all():
             img[ys, xs] = img[sy, sx]
@@ -247,7 +248,11 @@ def _transplant(rng: np.random.Generator, img: Canvas, mask: Mask, source: Mask)
 
 
 def _patch(rng, img, region):
-    return _transplant(rng, img, _ellipse(rng, region, img.shape[0] // 5, (0.05, 0.08), 2.0), region)
+    for _ in range(20):  # a wide ellipse on a narrow part may find no source: try another ellipse
+        mask = _transplant(rng, img, _ellipse(rng, region, img.shape[0] // 5, (0.05, 0.08), 2.0), region)
+        if mask.any():
+            return mask
+    return mask
 
 
 def _steep_point(rng: np.random.Generator, img: Canvas, region: Mask, margin: int) -> tuple[int, int]:
@@ -269,7 +274,7 @@ def _edge(rng, img, region):
     size = img.shape[0]
     y0, x0 = _steep_point(rng, img, region, size // 6)
     yy, xx = np.mgrid[0:size, 0:size]
-    ry, rx = np.maximum(rng.uniform(0.015, 0.03, 2) * size, 1.5)
+    ry, rx = np.maximum(rng.uniform(0.025, 0.04, 2) * size, 1.5)
     disc = ((yy - y0) / ry) ** 2 + ((xx - x0) / rx) ** 2 <= 1
     if region.all():
         return _transplant(rng, img, disc, region)
