@@ -76,10 +76,10 @@ class Comparison:
         return {kind: int((verdicts == kind).sum()) for kind in ("better", "equal", "worse", "changed")}
 
     def summary(self) -> str:
-        """E.g. '24 compared: 6 better, 18 equal, 0 worse (tolerance 0.005 = 0.5 points)'."""
+        """E.g. '24 compared: 6 better, 18 equal, 0 worse (tolerance 0.005 = 0.5pt)'."""
         counts = self.counts()
         bound = (f"relative tolerance {self.tolerance:g}, either direction fails" if self.exact
-                 else f"tolerance {self.tolerance:g} = {self.tolerance * 100:g} points")
+                 else f"tolerance {self.tolerance:g} = {self.tolerance * 100:g}pt")
         missing = f"; {len(self.missing)} cell(s) not compared" if self.missing else ""
         maps = f", {counts['changed']} map part(s) changed" if self.exact else ""
         return (f"{len(self.rows)} compared: {counts['better']} better, {counts['equal']} equal, "

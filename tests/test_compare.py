@@ -82,7 +82,7 @@ def test_a_drop_equal_to_the_tolerance_passes_and_improvements_are_counted(tmp_p
     result = compare_runs(write_run(tmp_path / "run", run_figures), base, 0.005, registry)
     assert result.failures == 0
     assert result.counts() == {"better": 1, "equal": 5, "worse": 0, "changed": 0}
-    assert result.summary() == "6 compared: 1 better, 5 equal, 0 worse (tolerance 0.005 = 0.5 points)"
+    assert result.summary() == "6 compared: 1 better, 5 equal, 0 worse (tolerance 0.005 = 0.5pt)"
     row = result.rows.set_index(["cell", "metric"]).loc[(CELL_A, "image_auroc")]
     assert row["verdict"] == "equal" and row["diff"] == pytest.approx(-0.005)
 
@@ -160,3 +160,12 @@ def test_reruns_at_one_and_two_threads_pass_the_exact_gate(tmp_path, registry):
     assert result.failures == 0 and not result.missing and len(result.rows) == 2 * (3 + 3)
     stored = json.loads((RunStore(tmp_path / "t1").artifact_dir("pg|synthetic|disc|0") / "fingerprint.json").read_text())
     assert len(stored["ids"]) == 12 and len(stored["maps"]) == 4 and len(stored["quantiles"][0]) == 7
+
+
+def test_fingerprint_keeps_every_score_map_quantiles_and_the_first_maps_of_each_label():
+    printed = fingerprint()
+    assert printed["ids"] == ["img0", "img1", "img2", "img3"]
+    assert printed["image_scores"] == pytest.approx([0.1, 0.7, 0.3, 0.9])
+    assert printed["map_ids"] == ["img0", "img1"] and printed["maps"][1] == pytest.approx([[0.7, 0.7], [0.7, 0.7]])
+    assert printed["quantiles"][3] == pytest.approx([0.9] * len(printed["quantile_levels"]))
+    assert json.loads(json.dumps(printed)) == printed
