@@ -10,7 +10,8 @@ Categories follow MVTec's two families:
 - objects: ``disc`` (a shaded round part), ``plate`` (a rounded rectangle with holes); normal images vary in
   position, size, rotation and lighting.
 Defects, each with an exact mask of the pixels it changed: ``scratch`` (a thin bright line), ``spot`` (a dark blob),
-``crack`` (a jagged random-walk polyline), ``color`` (a hue shift inside an ellipse) and, on objects, ``missing``
+``crack`` (a jagged one-pixel hairline whose pixels may touch only at corners, so PRO must
+use 8-connected regions to see one defect), ``color`` (a hue shift inside an ellipse) and, on objects, ``missing``
 (a sector of the part cut away, showing background). Those five are easy: their pixels leave the range that normal
 images take at that place, so a per-pixel method (distance to the mean training image) finds them as well as PaDiM.
 Four more keep every pixel inside the normal range and differ only in structure, which is what separates a method
@@ -186,7 +187,7 @@ def _crack(rng, img, region):
     for _ in range(8):
         heading += rng.normal(0, 0.6)
         points.append(points[-1] + size * 0.03 * np.array([np.sin(heading), np.cos(heading)]))
-    mask = _polyline_mask(size, np.array(points), max(1.5, size / 110)) & region
+    mask = _polyline_mask(size, np.array(points), 1.0) & region  # a hairline: its pixels may touch only at corners
     img[mask] = 0.05
     return mask
 
