@@ -343,18 +343,24 @@ class SyntheticSplit:
 class SyntheticDataset:
     """Synthetic MVTec-like categories with exact masks (see the module docstring).
 
-    n_defective test images are spread round-robin over the category's defect types.
+    n_defective test images are spread round-robin over the category's defect types: all of them, or those of
+    ``defects`` (e.g. only the five easy kinds, for a smoke test of a method that cannot model structure).
     """
 
     def __init__(self, categories: list[str] | None = None, image_size: int = 224, n_train: int = 40,
-                 n_test_good: int = 10, n_test_defective: int = 20, data_seed: int = 0) -> None:
+                 n_test_good: int = 10, n_test_defective: int = 20, data_seed: int = 0,
+                 defects: list[str] | None = None) -> None:
         chosen = list(CATEGORIES) if categories is None else list(categories)
         unknown = [c for c in chosen if c not in CATEGORIES]
         if unknown:
             raise UserError(f"synthetic: unknown categories {unknown}; available: {', '.join(CATEGORIES)}")
+        unknown_defects = sorted(set(defects or []) - set(DEFECTS))
+        if unknown_defects or defects == []:
+            raise UserError(f"synthetic: unknown defects {unknown_defects or '[]'}; available: {', '.join(DEFECTS)}")
         if image_size < 32:
             raise UserError(f"synthetic: image_size must be at least 32, got {image_size}")
         self._categories = chosen
+        self.defects = tuple(defects or DEFECTS)
         self.image_size, self.data_seed = image_size, data_seed
         self.n_train, self.n_test_good, self.n_test_defective = n_train, n_test_good, n_test_defective
 
@@ -369,7 +375,9 @@ class SyntheticDataset:
                               self.image_size)
 
     def test(self, category: str, seed: int) -> SyntheticSplit:
-        kinds = defects_for(category)
+        kinds = tuple(d for d in defects_for(category) if d in self.defects)
+        if not kinds:
+            raise UserError(f"synthetic: none of the defects {list(self.defects)} applies to '{category}'")
         items = [(None, i) for i in range(self.n_test_good)]
         items += [(kinds[i % len(kinds)], i) for i in range(self.n_test_defective)]
         return SyntheticSplit(self.data_seed, category, "test", tuple(items), self.image_size)

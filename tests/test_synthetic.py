@@ -106,3 +106,12 @@ def test_quickstart_data_has_more_training_images_than_dimensions_and_fine_grain
     channels = sum(FeatureExtractor("efficientnet_lite0").tap_channels.values())
     assert params["n_train"] > channels == 176
     assert 1 / (params["n_test_good"] * params["n_test_defective"]) <= 0.005 / 5
+
+
+def test_defects_can_be_narrowed_to_chosen_kinds():
+    data = SyntheticDataset(image_size=32, n_test_good=1, n_test_defective=4, defects=["spot", "missing"])
+    assert [s.id.split("/")[0] for s in data.test("disc", 0)] == ["good", "spot", "missing", "spot", "missing"]
+    with pytest.raises(UserError, match="none of the defects \\['missing'\\] applies to 'weave'"):
+        SyntheticDataset(image_size=32, defects=["missing"]).test("weave", 0)
+    with pytest.raises(UserError, match="synthetic: unknown defects \\['dent'\\]; available: scratch"):
+        SyntheticDataset(defects=["dent"])
