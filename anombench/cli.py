@@ -135,17 +135,19 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from anombench.compare import compare_runs
+    from anombench.compare import EXACT_RTOL, compare_runs, parse_tolerance
     from anombench.plugins import registry
 
     metrics = [m.strip() for m in args.metrics.split(",")] if args.metrics else None
-    result = compare_runs(args.run, args.baseline, args.tol, registry(), metrics)
-    print(result.to_markdown())
+    if args.exact and args.tol is not None:
+        raise UserError("--exact compares at the measured noise level (relative --rtol); --tol is for drops only")
+    rtol = EXACT_RTOL if args.rtol is None else args.rtol
+    tolerance = rtol if args.exact else parse_tolerance(args.tol or "0.005")
+    result = compare_runs(args.run, args.baseline, tolerance, registry(), metrics, exact=args.exact)
+    print(result.to_text())
     if result.failures:
-        print(f"{result.failures} figure(s) below baseline by more than {args.tol}, missing or failed",
-              file=sys.stderr)
+        print(result.advice(), file=sys.stderr)
         return 1
-    print(f"all {len(result.rows)} figure(s) within {args.tol} of the baseline")
     return 0
 
 
@@ -312,13 +314,19 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("-o", "--output", help="folder for report.md and report.html (default: the run directory)")
     report.set_defaults(handler=cmd_report)
 
-    compare = sub.add_parser("compare", help="fail if a run falls below a baseline",
-                             description="Compare the quality metrics of RUN with BASELINE cell by cell; exit 1 if a "
-                                         "figure is lower by more than --tol, or a baseline cell is missing or failed.",
-                             epilog="example: anombench compare results/runs/quickstart/X results/baselines/quickstart --tol 0.005")
+    compare = sub.add_parser("compare", help="fail if a run falls below (or, with --exact, differs from) a baseline",
+                             description="Compare a run's quality figures with a baseline run's, cell by cell.",
+                             epilog="examples: anombench compare RUN results/baselines/quickstart --tol 0.5pt; "
+                                    "anombench compare RUN results/baselines/quickstart --exact (the CI gate)")
     compare.add_argument("run")
     compare.add_argument("baseline")
-    compare.add_argument("--tol", type=float, default=0.005, help="allowed drop, in metric units (default 0.005)")
+    compare.add_argument("--tol", help="allowed drop: a fraction (0.005, the default) or the tables' points (0.5pt); "
+                                       "at most 0.1 (10pt); a drop equal to it passes")
+    compare.add_argument("--exact", action="store_true",
+                         help="the stored-baseline gate: figures and map fingerprints must match within --rtol, "
+                              "a change up or down fails")
+    compare.add_argument("--rtol", type=float,
+                         help="relative tolerance of --exact (default 1e-5, from the measured run-to-run noise)")
     compare.add_argument("--metrics", help="comma-separated metrics to compare (default: all quality metrics)")
     compare.set_defaults(handler=cmd_compare)
 

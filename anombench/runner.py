@@ -27,6 +27,7 @@ from anombench import api
 from anombench.api import Batch, Method, Metric, Resources, Scores, UndefinedMetric, collate
 from anombench.bootstrap import ARTIFACT as BOOTSTRAP_ARTIFACT, ImageSummaries, cell_intervals, summaries_for
 from anombench.examples import ExampleKeeper
+from anombench.fingerprint import MapFingerprint
 from anombench.planning import (
     Job,
     Plan,
@@ -71,6 +72,7 @@ class Member:
     method: Method | None
     metrics: dict[str, Metric]
     examples: ExampleKeeper = field(default_factory=ExampleKeeper)
+    fingerprint: MapFingerprint = field(default_factory=MapFingerprint)  # what `anombench compare --exact` checks
     fit_watch: Stopwatch = field(default_factory=Stopwatch)
     infer_watch: Stopwatch = field(default_factory=Stopwatch)
     error: str | None = None
@@ -96,6 +98,7 @@ def _update_metrics(member: Member, scores: Scores, batch: Batch) -> None:
     for metric in member.metrics.values():
         metric.update(scores, batch)
     member.examples.update(scores, batch)
+    member.fingerprint.update(scores, batch)
     if member.summaries is not None:
         member.summaries.update(scores, batch)
 
@@ -195,7 +198,8 @@ def _result(job: Job, member: Member, resources: Resources, peers: list[str]) ->
     try:
         compute_metrics(result, member.metrics, resources)
         result.artifacts = {"examples.npz": member.examples.to_bytes(),
-                            "curves.json": json.dumps(_curves(member)).encode()}
+                            "curves.json": json.dumps(_curves(member)).encode(),
+                            "fingerprint.json": json.dumps(member.fingerprint.to_json()).encode()}
         if member.summaries is not None:
             options = job.options
             result.intervals = cell_intervals(member.summaries, result.metrics, options.ci_level,

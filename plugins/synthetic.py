@@ -5,12 +5,23 @@ ground truth, without downloading anything. Every image is drawn on demand from 
 index), so the dataset is deterministic, costs no disk and pickles cheaply into DataLoader workers.
 
 Categories follow MVTec's two families:
-- textures: ``stripes`` (a wavy grating), ``weave`` (smooth coloured noise); normal images vary in phase, tint, noise;
+- textures: ``stripes`` (a wavy grating), ``weave`` (a basket weave with colour noise); normal images vary in
+  phase, tint, noise;
 - objects: ``disc`` (a shaded round part), ``plate`` (a rounded rectangle with holes); normal images vary in
   position, size, rotation and lighting.
 Defects, each with an exact mask of the pixels it changed: ``scratch`` (a thin bright line), ``spot`` (a dark blob),
-``crack`` (a jagged random-walk polyline), ``color`` (a hue shift inside an ellipse) and, on objects, ``missing``
-(a sector of the part cut away, showing background).
+``crack`` (a jagged one-pixel hairline whose pixels may touch only at corners, so PRO must
+use 8-connected regions to see one defect), ``color`` (a hue shift inside an ellipse) and, on objects, ``missing``
+(a sector of the part cut away, showing background). Those five are easy: their pixels leave the range that normal
+images take at that place, so a per-pixel method (distance to the mean training image) finds them as well as PaDiM.
+Four more keep every pixel inside the normal range and differ only in structure, which is what separates a method
+that models local appearance from a trivial one (issue 16):
+- ``faint``: a scratch, spot or crack blended in at 25-50 % strength;
+- ``tint``: a colour shift inside an ellipse no larger than the tint variation between normal images;
+- ``patch``: an ellipse of the image replaced by the same image shifted elsewhere (cut and paste: the stripes'
+  phase breaks, the disc's shading jumps, the weave's grain has seams), in the part's own colours;
+- ``edge``: a small defect on a texture edge or the part's outline: on textures a small ``patch`` centred on a
+  steep gradient, on objects a small chip off the rim showing background.
 """
 
 from __future__ import annotations
@@ -29,7 +40,8 @@ from anombench.errors import UserError
 TEXTURES = ("stripes", "weave")
 OBJECTS = ("disc", "plate")
 CATEGORIES = TEXTURES + OBJECTS
-DEFECTS = ("scratch", "spot", "crack", "color", "missing")
+DEFECTS = ("scratch", "spot", "crack", "color", "missing", "faint", "tint", "patch", "edge")
+TINT_SPREAD = 0.05  # relative per-channel colour variation between normal images (standard deviation)
 
 Canvas = np.ndarray  # (H, W, 3) float64 in [0, 1]
 Mask = np.ndarray  # (H, W) bool
@@ -60,15 +72,23 @@ def _stripes(rng: np.random.Generator, size: int) -> tuple[Canvas, Mask]:
     phase = rng.uniform(0, 2 * np.pi)
     wobble = 0.02 * np.sin(2 * np.pi * 3 * y + rng.uniform(0, 6.3))
     wave = 0.5 + 0.5 * np.sin(2 * np.pi * 14 * (np.cos(angle) * x + np.sin(angle) * y + wobble) + phase)
-    tint = np.array([0.55, 0.5, 0.4]) + rng.normal(0, 0.02, 3)
+    tint = np.array([0.55, 0.5, 0.4]) * (1 + rng.normal(0, TINT_SPREAD, 3))
     img = tint * (0.6 + 0.4 * wave[..., None])
     return img, np.ones((size, size), bool)
 
 
 def _weave(rng: np.random.Generator, size: int) -> tuple[Canvas, Mask]:
-    base = np.stack([_smooth_noise(rng, size, 24) for _ in range(3)], axis=-1)
-    tint = np.array([0.35, 0.45, 0.6]) + rng.normal(0, 0.02, 3)
-    img = tint * (0.75 + 0.5 * (base - 0.5))
+    """A basket weave: checkerboard cells of threads running one way or the other, with a random phase, a slight
+    rotation and smooth colour noise (so a cut-and-paste breaks the thread pattern, as on a real fabric)."""
+    y, x = _grid(size)
+    angle = rng.normal(0, 0.05)
+    u = 12 * (np.cos(angle) * x + np.sin(angle) * y) + rng.uniform(0, 1)
+    v = 12 * (-np.sin(angle) * x + np.cos(angle) * y) + rng.uniform(0, 1)
+    along_u = (np.floor(u) + np.floor(v)) % 2 == 0
+    threads = np.where(along_u, np.sin(np.pi * 3 * v) ** 2, np.sin(np.pi * 3 * u) ** 2)
+    base = np.stack([_smooth_noise(rng, size, 12) for _ in range(3)], axis=-1)
+    tint = np.array([0.35, 0.45, 0.6]) * (1 + rng.normal(0, TINT_SPREAD, 3))
+    img = tint * (0.7 + 0.35 * threads[..., None] + 0.2 * (base - 0.5))
     return img, np.ones((size, size), bool)
 
 
@@ -85,7 +105,7 @@ def _disc(rng: np.random.Generator, size: int) -> tuple[Canvas, Mask]:
     body = r < radius
     shade = 0.55 + 0.35 * (1 - r / radius) + 0.05 * np.cos(2 * np.pi * r / 0.05)
     img = _object_background(size)
-    colour = np.array([0.8, 0.7, 0.45]) * rng.uniform(0.95, 1.05)
+    colour = np.array([0.8, 0.7, 0.45]) * (1 + rng.normal(0, TINT_SPREAD, 3))
     img[body] = (colour * shade[..., None])[body]
     return img, body
 
@@ -103,7 +123,7 @@ def _plate(rng: np.random.Generator, size: int) -> tuple[Canvas, Mask]:
         body &= np.hypot(u - hx, v) > 0.06
     img = _object_background(size)
     metal = 0.6 + 0.2 * (u + 0.5) + 0.02 * rng.normal(size=u.shape)
-    img[body] = (np.array([0.7, 0.72, 0.75]) * metal[..., None])[body]
+    img[body] = (np.array([0.7, 0.72, 0.75]) * (1 + rng.normal(0, TINT_SPREAD, 3)) * metal[..., None])[body]
     return img, body
 
 
@@ -167,7 +187,7 @@ def _crack(rng, img, region):
     for _ in range(8):
         heading += rng.normal(0, 0.6)
         points.append(points[-1] + size * 0.03 * np.array([np.sin(heading), np.cos(heading)]))
-    mask = _polyline_mask(size, np.array(points), max(1.5, size / 110)) & region
+    mask = _polyline_mask(size, np.array(points), 1.0) & region  # a hairline: its pixels may touch only at corners
     img[mask] = 0.05
     return mask
 
@@ -192,7 +212,80 @@ def _missing(rng, img, region):
     return mask
 
 
-APPLY_DEFECT = {"scratch": _scratch, "spot": _spot, "crack": _crack, "color": _color, "missing": _missing}
+def _faint(rng, img, region):
+    """A scratch, spot or crack blended in at partial strength: darker or brighter, but not beyond normal."""
+    clean = img.copy()
+    mask = (_scratch, _spot, _crack)[rng.integers(3)](rng, img, region)
+    alpha = rng.uniform(0.25, 0.5)
+    img[mask] = (1 - alpha) * clean[mask] + alpha * img[mask]
+    return mask
+
+
+def _tint(rng, img, region):
+    """Scale the colour inside an ellipse by 1 + d, |d_c| in 1.5-2.5 TINT_SPREAD: a colour other images have."""
+    mask = _ellipse(rng, region, img.shape[0] // 5, (0.06, 0.1), 2.0)
+    shift = rng.uniform(1.5, 2.5, 3) * TINT_SPREAD * rng.choice([-1.0, 1.0], 3)
+    img[mask] = img[mask] * (1 + shift)
+    return mask
+
+
+def _transplant(rng: np.random.Generator, img: Canvas, mask: Mask, source: Mask) -> Mask:
+    """Replace the masked pixels by those at a random offset, all of which must lie in ``source`` (the part, for
+    objects: a paste in its own colours); the offset is 1.1-2.5 times the mask's extent in a random direction, so
+    source and target do not overlap. Returns the mask, or an empty one when no offset fits (the caller redraws)."""
+    size = img.shape[0]
+    ys, xs = np.nonzero(mask)
+    if len(ys) == 0:
+        return mask
+    extent = max(ys.max() - ys.min(), xs.max() - xs.min()) + 1
+    for _ in range(50):
+        angle, distance = rng.uniform(0, 2 * np.pi), rng.uniform(1.1, 2.5) * extent
+        dy, dx = int(round(distance * np.sin(angle))), int(round(distance * np.cos(angle)))
+        sy, sx = ys + dy, xs + dx
+        if sy.min() >= 0 and sx.min() >= 0 and sy.max() < size and sx.max() < size and source[sy, sx].all():
+            img[ys, xs] = img[sy, sx]
+            return mask
+    return np.zeros_like(mask)
+
+
+def _patch(rng, img, region):
+    for _ in range(20):  # a wide ellipse on a narrow part may find no source: try another ellipse
+        mask = _transplant(rng, img, _ellipse(rng, region, img.shape[0] // 5, (0.05, 0.08), 2.0), region)
+        if mask.any():
+            return mask
+    return mask
+
+
+def _steep_point(rng: np.random.Generator, img: Canvas, region: Mask, margin: int) -> tuple[int, int]:
+    """A random pixel among the 10 % with the steepest brightness gradient inside the region: a texture edge,
+    or an object's outline."""
+    gy, gx = np.gradient(img.mean(-1))
+    steep = np.hypot(gy, gx)
+    size = img.shape[0]
+    inner = np.zeros_like(region)
+    inner[margin:size - margin, margin:size - margin] = True
+    candidates = inner & (steep >= np.quantile(steep[inner], 0.9))
+    ys, xs = np.nonzero(candidates)
+    k = rng.integers(len(ys))
+    return int(ys[k]), int(xs[k])
+
+
+def _edge(rng, img, region):
+    """A small defect on a steep edge: a small cut-and-paste on textures, a chip off the rim on objects."""
+    size = img.shape[0]
+    y0, x0 = _steep_point(rng, img, region, size // 6)
+    yy, xx = np.mgrid[0:size, 0:size]
+    ry, rx = np.maximum(rng.uniform(0.025, 0.04, 2) * size, 1.5)
+    disc = ((yy - y0) / ry) ** 2 + ((xx - x0) / rx) ** 2 <= 1
+    if region.all():
+        return _transplant(rng, img, disc, region)
+    mask = disc & region
+    img[mask] = _object_background(size)[mask]
+    return mask
+
+
+APPLY_DEFECT = {"scratch": _scratch, "spot": _spot, "crack": _crack, "color": _color, "missing": _missing,
+                "faint": _faint, "tint": _tint, "patch": _patch, "edge": _edge}
 
 
 def defects_for(category: str) -> tuple[str, ...]:
@@ -250,18 +343,24 @@ class SyntheticSplit:
 class SyntheticDataset:
     """Synthetic MVTec-like categories with exact masks (see the module docstring).
 
-    n_defective test images are spread round-robin over the category's defect types.
+    n_defective test images are spread round-robin over the category's defect types: all of them, or those of
+    ``defects`` (e.g. only the five easy kinds, for a smoke test of a method that cannot model structure).
     """
 
     def __init__(self, categories: list[str] | None = None, image_size: int = 224, n_train: int = 40,
-                 n_test_good: int = 10, n_test_defective: int = 20, data_seed: int = 0) -> None:
+                 n_test_good: int = 10, n_test_defective: int = 20, data_seed: int = 0,
+                 defects: list[str] | None = None) -> None:
         chosen = list(CATEGORIES) if categories is None else list(categories)
         unknown = [c for c in chosen if c not in CATEGORIES]
         if unknown:
             raise UserError(f"synthetic: unknown categories {unknown}; available: {', '.join(CATEGORIES)}")
+        unknown_defects = sorted(set(defects or []) - set(DEFECTS))
+        if unknown_defects or defects == []:
+            raise UserError(f"synthetic: unknown defects {unknown_defects or '[]'}; available: {', '.join(DEFECTS)}")
         if image_size < 32:
             raise UserError(f"synthetic: image_size must be at least 32, got {image_size}")
         self._categories = chosen
+        self.defects = tuple(defects or DEFECTS)
         self.image_size, self.data_seed = image_size, data_seed
         self.n_train, self.n_test_good, self.n_test_defective = n_train, n_test_good, n_test_defective
 
@@ -276,7 +375,9 @@ class SyntheticDataset:
                               self.image_size)
 
     def test(self, category: str, seed: int) -> SyntheticSplit:
-        kinds = defects_for(category)
+        kinds = tuple(d for d in defects_for(category) if d in self.defects)
+        if not kinds:
+            raise UserError(f"synthetic: none of the defects {list(self.defects)} applies to '{category}'")
         items = [(None, i) for i in range(self.n_test_good)]
         items += [(kinds[i % len(kinds)], i) for i in range(self.n_test_defective)]
         return SyntheticSplit(self.data_seed, category, "test", tuple(items), self.image_size)

@@ -87,14 +87,14 @@ def test_run_report_compare_end_to_end(site, tmp_path):
     assert (tmp_path / "run" / "report.html").exists()
 
     same = anombench("compare", "run", "run", site=site, cwd=tmp_path, check=True)
-    assert "within 0.005" in same.stdout
+    assert "0 worse" in same.stdout
     baseline = tmp_path / "baseline"
     baseline.mkdir()
     records = [json.loads(line) for line in (tmp_path / "run" / "cells.jsonl").read_text().splitlines()]
     records[0]["metrics"]["pro"] += 0.05
     (baseline / "cells.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
     worse = anombench("compare", "run", str(baseline), site=site, cwd=tmp_path)
-    assert worse.returncode == 1 and "REGRESSION" in worse.stdout and records[0]["cell"] in worse.stdout
+    assert worse.returncode == 1 and "| WORSE" in worse.stdout and records[0]["cell"] in worse.stdout
     timed = anombench("compare", "run", "run", "--metrics", "fit_seconds", site=site, cwd=tmp_path)
     assert timed.returncode == 2 and "only quality metrics (higher is better) can be gated" in timed.stderr
 
