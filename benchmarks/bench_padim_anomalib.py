@@ -29,15 +29,7 @@ from anombench_plugins.backbones import IMAGENET_MEAN, IMAGENET_STD, load_backbo
 from anombench_plugins.metrics import auroc, pro_score
 from anombench_plugins.padim import PaDiM
 
-from bench_padim_common import (
-    CONFIGS,
-    THREADS,
-    bottle,
-    mvtec_root,
-    peak_rss_gb,
-    run_child,
-    take_data_argument,
-)
+from bench_padim_common import CONFIGS, THREADS, bottle, mvtec_root, peak_rss_gb, run_child, take_data_argument
 
 LITE0_LAYERS = ["blocks.1", "blocks.2", "blocks.4"]
 

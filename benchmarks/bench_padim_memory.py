@@ -32,16 +32,8 @@ from anombench_plugins.components import anomaly_maps
 from anombench_plugins.metrics import auroc
 from anombench_plugins.padim import PaDiM
 
-from bench_padim_common import (
-    CONFIGS,
-    THREADS,
-    bottle,
-    mvtec_root,
-    peak_rss_gb,
-    run_child,
-    synthetic_batches,
-    take_data_argument,
-)
+from bench_padim_common import (CONFIGS, THREADS, bottle, mvtec_root, peak_rss_gb, run_child, synthetic_batches,
+                                take_data_argument)
 
 RSS_CONFIGS = ("R18-Rd100", "Lite0-all176")
 STORAGE_CONFIGS = ("Lite0-all176", "WR50-Rd550")

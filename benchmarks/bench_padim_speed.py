@@ -23,16 +23,8 @@ import torch
 
 from anombench_plugins.padim import PaDiM
 
-from bench_padim_common import (
-    BATCH_SIZE,
-    CONFIGS,
-    THREADS,
-    bottle,
-    mvtec_root,
-    peak_rss_gb,
-    run_child,
-    take_data_argument,
-)
+from bench_padim_common import (BATCH_SIZE, CONFIGS, THREADS, bottle, mvtec_root, peak_rss_gb, run_child,
+                                take_data_argument)
 
 REPEATS = 3
 
