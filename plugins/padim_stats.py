@@ -244,20 +244,15 @@ class EmbeddingStore(Moments):
             parts.append(x[rows].clone())
         self.count += x.shape[1]
 
-    def group_data(self, group: int) -> torch.Tensor:
-        """(group positions, n, dim) float32, joined once (the parts are replaced by the joined tensor)."""
-        parts = self.parts[group]
-        if len(parts) > 1:
-            joined = torch.cat(parts, dim=1)
-            parts[:] = [joined]
-        return parts[0]
-
     def mean(self) -> torch.Tensor:
-        return torch.cat([self.group_data(g).mean(1, dtype=torch.float64) for g in range(len(self.groups))])
+        return torch.cat([sum(part.sum(1, dtype=torch.float64) for part in parts) / self.count
+                          for parts in self.parts])
 
     def covariance(self, group: int, positions: slice) -> torch.Tensor:
+        """Two-pass float64 covariance of a few positions, gathered from the batches' parts: a group's parts are
+        never joined into one tensor, which would hold the group twice (and glibc keeps freed mid-size blocks)."""
         self._check_count()
-        x = self.group_data(group)[positions].to(torch.float64)
+        x = torch.cat([part[positions] for part in self.parts[group]], dim=1).to(torch.float64)
         centred = x - x.mean(1, keepdim=True)
         return centred.transpose(1, 2) @ centred / (self.count - 1)
 
@@ -268,7 +263,8 @@ class EmbeddingStore(Moments):
         """The same statistics as ``StreamingMoments``, built group by group while the embeddings are freed."""
         moments = StreamingMoments(self.positions, self.dim, device)
         for group in range(len(self.groups)):
-            moments.add_to_group(group, self.group_data(group))
+            for part in self.parts[group]:
+                moments.add_to_group(group, part)
             self.release(group)
         moments.count = self.count
         return moments
