@@ -30,6 +30,7 @@ from scipy.linalg.lapack import dtrtri
 from threadpoolctl import threadpool_limits
 
 from anombench.errors import UserError
+from anombench_plugins.components import return_freed_memory
 
 ROW_BLOCK = 24  # WR50-Rd550: 1.98 GB (16: 1.95 GB but ~25% slower products; 32: 2.01 GB, over the 2.0 GB budget)
 INVERSE_CHECK_POSITIONS = 8
@@ -257,7 +258,10 @@ class EmbeddingStore(Moments):
         return centred.transpose(1, 2) @ centred / (self.count - 1)
 
     def release(self, group: int) -> None:
+        """Free a group's embeddings and give their pages back: they are many mid-size blocks, which glibc
+        would otherwise keep, so the fitted factors would grow on top of them instead of in their place."""
         self.parts[group] = None
+        return_freed_memory()
 
     def folded(self, device: torch.device | str) -> StreamingMoments:
         """The same statistics as ``StreamingMoments``, built group by group while the embeddings are freed."""
