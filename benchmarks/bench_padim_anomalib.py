@@ -12,7 +12,7 @@ positions and prints the worst relative error.
 anomalib lives in its own virtual environment that sees the system packages:
     python -m venv --system-site-packages /tmp/anomalib-venv
     /tmp/anomalib-venv/bin/pip install anomalib==2.7.0
-    /tmp/anomalib-venv/bin/python benchmarks/bench_padim_anomalib.py
+    /tmp/anomalib-venv/bin/python benchmarks/bench_padim_anomalib.py [--data MVTEC_ROOT]
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from anombench_plugins.backbones import IMAGENET_MEAN, IMAGENET_STD, load_backbo
 from anombench_plugins.metrics import auroc, pro_score
 from anombench_plugins.padim import PaDiM
 
-from bench_padim_common import CONFIGS, THREADS, bottle, peak_rss_gb, run_child
+from bench_padim_common import CONFIGS, THREADS, bottle, mvtec_root, peak_rss_gb, run_child, take_data_argument
 
 LITE0_LAYERS = ["blocks.1", "blocks.2", "blocks.4"]
 
@@ -145,8 +145,10 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    if sys.argv[1:2] == ["--child"]:
+    argv = take_data_argument(sys.argv[1:])
+    if argv[:1] == ["--child"]:
         torch.set_num_threads(THREADS)
-        print(json.dumps(run_anomalib() if sys.argv[2] == "anomalib" else run_ours()))
+        print(json.dumps(run_anomalib() if argv[1] == "anomalib" else run_ours()))
     else:
+        mvtec_root()  # a missing data root is one line here, not a child's traceback
         main()

@@ -1,9 +1,14 @@
 """Helpers shared by the PaDiM benchmarks: the real bottle data through the project's own loader, the model
-configurations the issue names, and peak-RSS measurement in a fresh child process."""
+configurations the issue names, and peak-RSS measurement in a fresh child process.
+
+The MVTec AD root (a folder holding ``bottle/`` in the MVTec AD layout) comes from ``--data ROOT`` on a
+benchmark's command line or the ``ANOMBENCH_DATA_MVTEC`` environment variable; a benchmark that needs it and has
+neither stops with one line saying so. ``--data`` is passed on to child processes through that variable."""
 
 from __future__ import annotations
 
 import json
+import os
 import resource
 import subprocess
 import sys
@@ -16,7 +21,7 @@ from torch.utils.data import DataLoader
 from anombench.api import Batch, collate
 from anombench_plugins.mvtec import MVTecAD
 
-DATA_ROOT = Path("/work/shared/data/mvtec_ad_256")
+DATA_ENV = "ANOMBENCH_DATA_MVTEC"
 THREADS = 2
 BATCH_SIZE = 32
 
@@ -30,10 +35,35 @@ CONFIGS: dict[str, dict] = {
 }
 
 
+def take_data_argument(argv: list[str]) -> list[str]:
+    """``argv`` without ``--data ROOT`` (or ``--data=ROOT``); ROOT goes to ``ANOMBENCH_DATA_MVTEC`` so that
+    ``mvtec_root`` and child processes see it."""
+    rest, args = [], iter(argv)
+    for arg in args:
+        if arg == "--data":
+            os.environ[DATA_ENV] = next(args, "")
+        elif arg.startswith("--data="):
+            os.environ[DATA_ENV] = arg.split("=", 1)[1]
+        else:
+            rest.append(arg)
+    return rest
+
+
+def mvtec_root() -> Path:
+    """The MVTec AD root from ``--data`` / ``ANOMBENCH_DATA_MVTEC``, or exit with one line."""
+    root = os.environ.get(DATA_ENV, "")
+    if not root:
+        raise SystemExit(f"no MVTec AD data: pass --data /path/to/mvtec_ad (the folder holding bottle/) or set "
+                         f"{DATA_ENV}")
+    if not (Path(root).expanduser() / "bottle").is_dir():
+        raise SystemExit(f"{root}: no bottle/ folder there (--data / {DATA_ENV} must name the MVTec AD root)")
+    return Path(root).expanduser()
+
+
 def bottle(split: str, batch_size: int = BATCH_SIZE, workers: int = 0) -> DataLoader:
     """Bottle images decoded from the PNG files on every iteration by the project's MVTec AD loader (resize 256,
     an identity here, then centre crop 224); ``workers`` > 0 decodes in loader processes, overlapping compute."""
-    dataset = MVTecAD(root=str(DATA_ROOT))
+    dataset = MVTecAD(root=str(mvtec_root()))
     data = dataset.train("bottle", 0) if split == "train" else dataset.test("bottle", 0)
     return DataLoader(data, batch_size=batch_size, shuffle=False, num_workers=workers, collate_fn=collate)
 

@@ -1,27 +1,39 @@
-"""PaDiM memory on bottle, each measure in a fresh child process:
+"""PaDiM memory, each measure in a fresh child process (run it under ``nice``: it measures memory, not time):
 
-1. fit peak RSS for N = 100 and N = 1000 synthetic 224x224 images: streaming statistics do not grow with N;
-2. the fitted model's size (row-block float32 Cholesky inverse factors) for WR50-Rd550 and Lite0-all176, and the
-   proof that this storage changes nothing: image and pixel AUROC on the real bottle test set against a plain
-   float64 numpy reference (per-position covariance of the stored training embeddings + eps I, solved densely),
-   which is what the original implementation computes with its 3.8 GB of float32 inverses.
+1. ``rss``: fit peak RSS for N = 100 and N = 1000 synthetic 224x224 images: streaming statistics do not grow with N;
+2. ``storage``: the fitted model's size (row-block float32 Cholesky inverse factors) for WR50-Rd550 and
+   Lite0-all176, and the proof that this storage changes nothing: image and pixel AUROC on the real bottle test
+   set against a plain float64 numpy reference (per-position covariance of the stored training embeddings +
+   eps I, solved densely), which is what the original implementation computes with its 3.8 GB of float32 inverses;
+3. ``wr50``: WR50-Rd550 (random init) fit peak RSS on the 209 bottle training images at 224, with the float64
+   streaming statistics (the fit before the memory-lean storage: ``STREAMING_STATISTICS_BYTES`` raised) and
+   with the default storage (float32 embeddings, group by group), and the two fits' test maps and AUROCs compared;
+4. ``stc``: the STC-size model, WR50-Rd550 at 256x256 (64x64 = 4096 positions), fit on N synthetic images and
+   scored, peak RSS (``--n`` images, default 300; 1000 exercises the fold into streaming statistics).
 
-    python benchmarks/bench_padim_memory.py [rss] [storage]
+    python benchmarks/bench_padim_memory.py [rss] [storage] [wr50] [stc] [--data MVTEC_ROOT] [--n N]
+
+``storage`` and ``wr50`` read bottle from ``--data`` or ``ANOMBENCH_DATA_MVTEC``.
 """
 
 from __future__ import annotations
 
 import json
 import sys
+import tempfile
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
 
+import anombench_plugins.padim_head as padim_head
+from anombench_plugins.components import anomaly_maps
 from anombench_plugins.metrics import auroc
-from anombench_plugins.padim import PaDiM, anomaly_maps
+from anombench_plugins.padim import PaDiM
 
-from bench_padim_common import CONFIGS, THREADS, bottle, peak_rss_gb, run_child, synthetic_batches
+from bench_padim_common import (CONFIGS, THREADS, bottle, mvtec_root, peak_rss_gb, run_child, synthetic_batches,
+                                take_data_argument)
 
 RSS_CONFIGS = ("R18-Rd100", "Lite0-all176")
 STORAGE_CONFIGS = ("Lite0-all176", "WR50-Rd550")
@@ -80,7 +92,55 @@ def storage_check(name: str) -> dict:
                 max_rel_map_diff=float(np.max(np.abs(our_maps - ref_maps) / np.abs(ref_maps))))
 
 
-def main(parts: list[str]) -> None:
+def wr50_fit(storage: str, out: str) -> dict:
+    """WR50-Rd550 on bottle with the given fit storage ("streaming" = float64 statistics from the first image, as
+    before; "default" = what PaDiM picks): fit peak RSS, then the test maps saved to ``out`` for comparison."""
+    torch.set_num_threads(THREADS)
+    if storage == "streaming":
+        padim_head.STREAMING_STATISTICS_BYTES = float("inf")
+    model = PaDiM(**CONFIGS["WR50-Rd550"], device="cpu", seed=0)
+    before = peak_rss_gb()
+    model.fit(bottle("train"))
+    fit_peak = peak_rss_gb()
+    scores = [(model.score_maps(batch), batch) for batch in bottle("test")]
+    maps = np.concatenate([s.maps for s, _ in scores])
+    masks = np.concatenate([b.masks.numpy() for _, b in scores])
+    labels = np.concatenate([b.labels.numpy() for _, b in scores])
+    np.savez(out, maps=maps, masks=masks, labels=labels)
+    return dict(storage=storage, before_gb=before, fit_peak_gb=fit_peak, peak_gb=peak_rss_gb())
+
+
+def stc_size(n: int) -> dict:
+    """WR50-Rd550 at 256x256 (4096 positions): fit on n synthetic images, score 16, peak RSS."""
+    torch.set_num_threads(THREADS)
+    model = PaDiM(**CONFIGS["WR50-Rd550"], device="cpu", seed=0)
+    model.fit(synthetic_batches(n, size=256))
+    fit_peak = peak_rss_gb()
+    for batch in synthetic_batches(16, size=256):
+        model.score_maps(batch)
+    return dict(n=n, fit_peak_gb=fit_peak, peak_gb=peak_rss_gb(), model_gb=model.model_bytes() / 1e9)
+
+
+def compare_wr50() -> None:
+    mvtec_root()  # a missing data root is one line here, not a child's traceback
+    print("WR50-Rd550 (random init) on bottle, 209 train / 83 test images at 224, batch 32, 2 threads")
+    print(f"{'fit storage':<12}{'RSS before fit GB':>19}{'fit peak RSS GB':>17}{'peak RSS GB':>13}")
+    with tempfile.TemporaryDirectory() as tmp:
+        results = {}
+        for storage in ("streaming", "default"):
+            out = str(Path(tmp) / f"{storage}.npz")
+            r = run_child(__file__, "wr50", storage, out)
+            print(f"{storage:<12}{r['before_gb']:>19.2f}{r['fit_peak_gb']:>17.2f}{r['peak_gb']:>13.2f}", flush=True)
+            results[storage] = np.load(out)
+        a, b = results["streaming"], results["default"]
+        rel = float(np.max(np.abs(a["maps"] - b["maps"]) / np.maximum(np.abs(a["maps"]), 1e-12)))
+        image = [auroc(r["maps"].reshape(len(r["maps"]), -1).max(1), r["labels"]) for r in (a, b)]
+        pixel = [auroc(r["maps"].ravel(), r["masks"].ravel()) for r in (a, b)]
+        print(f"max relative map difference {rel:.2e}; image AUROC {image[0]:.8f} / {image[1]:.8f}; "
+              f"pixel AUROC {pixel[0]:.8f} / {pixel[1]:.8f}")
+
+
+def main(parts: list[str], n_stc: int) -> None:
     if "rss" in parts:
         print("fit peak RSS, synthetic 224x224 images, batch 32, 2 threads (R18 random init, Lite0 real weights)")
         print(f"{'config':<14}{'N':>6}{'RSS before fit GB':>19}{'peak RSS GB':>13}{'fit s':>8}")
@@ -97,11 +157,29 @@ def main(parts: list[str]) -> None:
             print(f"{name:<14}{r['model_gb']:>9.3f}{r['dense_f32_gb']:>13.3f}"
                   f"{r['image_ours']:>12.6f}/{r['image_ref']:.6f}{r['pixel_ours']:>14.6f}/{r['pixel_ref']:.6f}"
                   f"{r['max_rel_map_diff']:>18.2e}", flush=True)
+    if "wr50" in parts:
+        compare_wr50()
+    if "stc" in parts:
+        r = run_child(__file__, "stc", str(n_stc))
+        print(f"STC size, WR50-Rd550 at 256x256 (4096 positions), {r['n']} synthetic train images + 16 scored: "
+              f"fit peak RSS {r['fit_peak_gb']:.2f} GB, peak {r['peak_gb']:.2f} GB, model {r['model_gb']:.2f} GB")
+
+
+def child(kind: str, *args: str) -> dict:
+    if kind == "rss":
+        return fit_rss(args[0], int(args[1]))
+    if kind == "storage":
+        return storage_check(args[0])
+    if kind == "wr50":
+        return wr50_fit(args[0], args[1])
+    return stc_size(int(args[0]))
 
 
 if __name__ == "__main__":
-    if sys.argv[1:2] == ["--child"]:
-        kind, name, *rest = sys.argv[2:]
-        print(json.dumps(fit_rss(name, int(rest[0])) if kind == "rss" else storage_check(name)))
+    argv = take_data_argument(sys.argv[1:])
+    if argv[:1] == ["--child"]:
+        print(json.dumps(child(*argv[1:])))
     else:
-        main(sys.argv[1:] or ["rss", "storage"])
+        n_stc = int(argv[argv.index("--n") + 1]) if "--n" in argv else 300
+        parts = [a for a in argv if a in ("rss", "storage", "wr50", "stc")]
+        main(parts or ["rss", "storage", "wr50", "stc"], n_stc)

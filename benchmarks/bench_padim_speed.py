@@ -8,7 +8,8 @@ because the two cores are shared with other work: each figure is the best of REP
 this process's CPU time (which contention disturbs much less; not shown for workers 1, whose decoding runs in
 another process).
 
-    python benchmarks/bench_padim_speed.py [CONFIG ...]      (default: R18-Rd100 WR50-Rd550 Lite0-all176)
+    python benchmarks/bench_padim_speed.py [CONFIG ...] [--data MVTEC_ROOT]
+        (default configs: R18-Rd100 WR50-Rd550 Lite0-all176; the data root may come from ANOMBENCH_DATA_MVTEC)
 """
 
 from __future__ import annotations
@@ -22,7 +23,8 @@ import torch
 
 from anombench_plugins.padim import PaDiM
 
-from bench_padim_common import BATCH_SIZE, CONFIGS, THREADS, bottle, peak_rss_gb, run_child
+from bench_padim_common import (BATCH_SIZE, CONFIGS, THREADS, bottle, mvtec_root, peak_rss_gb, run_child,
+                                take_data_argument)
 
 REPEATS = 3
 
@@ -78,7 +80,9 @@ def main(names: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    if sys.argv[1:2] == ["--child"]:
-        print(json.dumps(measure(sys.argv[2])))
+    argv = take_data_argument(sys.argv[1:])
+    if argv[:1] == ["--child"]:
+        print(json.dumps(measure(argv[1])))
     else:
-        main(sys.argv[1:] or ["R18-Rd100", "WR50-Rd550", "Lite0-all176"])
+        mvtec_root()  # a missing data root is one line here, not a child's traceback
+        main(argv or ["R18-Rd100", "WR50-Rd550", "Lite0-all176"])

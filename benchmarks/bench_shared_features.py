@@ -5,7 +5,8 @@ per variant (each loads and extracts on its own), through the runner's own ``exe
 Prints, per variant, the runner's fit and inference seconds, then the wall time of the whole category both ways,
 and checks that both ways give the same figures (sharing must change the cost, never the result).
 
-    python benchmarks/bench_shared_features.py [--data mvtec=/work/shared/data/mvtec_ad_256] [--category bottle]
+    python benchmarks/bench_shared_features.py [--data mvtec=/path/to/mvtec_ad] [--category bottle]
+        (the root defaults to $ANOMBENCH_DATA_MVTEC)
     python benchmarks/bench_shared_features.py --synthetic          (no MVTec AD at hand: the synthetic dataset)
 
 No ImageNet ResNet-18 weights exist offline, so the variants use weights "none" (random init, seeded): the
@@ -79,13 +80,17 @@ def largest_difference(shared: list[dict], alone: list[dict]) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data", default="mvtec=/work/shared/data/mvtec_ad_256", help="NAME=ROOT of the dataset")
+    root = os.environ.get("ANOMBENCH_DATA_MVTEC")
+    parser.add_argument("--data", default=f"mvtec={root}" if root else None,
+                        help="NAME=ROOT of the dataset (default: mvtec=$ANOMBENCH_DATA_MVTEC)")
     parser.add_argument("--category", default="bottle")
     parser.add_argument("--synthetic", action="store_true", help="the synthetic dataset instead of MVTec AD")
     args = parser.parse_args()
+    if not args.synthetic and not args.data:
+        parser.error("no MVTec AD data: pass --data mvtec=/path/to/mvtec_ad, set ANOMBENCH_DATA_MVTEC or use --synthetic")
     torch.set_num_threads(THREADS)
     category = "disc" if args.synthetic and args.category == "bottle" else args.category
-    name, root = args.data.split("=", 1)
+    name, root = args.data.split("=", 1) if args.data else ("", "")
     task = table1_task({} if args.synthetic else {name: root}, category, args.synthetic)
 
     load_before = os.getloadavg()[0]

@@ -80,7 +80,7 @@ def recall_at_1(exact: SPADE, approx: SPADE, test: list[Batch]) -> float:
         features = exact.extract(batch.images)
         for i in range(len(batch)):
             one = {name: f[i:i + 1] for name, f in features.items()}
-            _, neighbours = exact.model.nearest_images(pooled_vectors(one[exact.pooled_layer]))
+            _, neighbours = exact.model.nearest_images(pooled_vectors(one[exact.pooled_tap]))
             for a, b in zip(exact.model.layer_distances(one, neighbours), approx.model.layer_distances(one, neighbours)):
                 hits += int(np.isclose(b.numpy(), a.numpy(), rtol=1e-4, atol=1e-6).sum())
                 total += a.numel()

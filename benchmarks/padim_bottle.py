@@ -3,7 +3,7 @@
 Prints image AUROC, pixel AUROC and PRO (official MVTec algorithm, from plugins/metrics.py) for all 176 channels
 and for Rd-100, beside anomalib 2.7's figures for the same data and backbone and the paper's for ResNets.
 
-    python benchmarks/padim_bottle.py [CONFIG ...]      (default: Lite0-all176 Lite0-Rd100)
+    python benchmarks/padim_bottle.py [CONFIG ...] [--data MVTEC_ROOT]      (default: Lite0-all176 Lite0-Rd100)
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import torch
 from anombench_plugins.metrics import auroc, pro_score
 from anombench_plugins.padim import PaDiM
 
-from bench_padim_common import CONFIGS, THREADS, bottle
+from bench_padim_common import CONFIGS, THREADS, bottle, take_data_argument
 
 REFERENCES = [
     ("anomalib 2.7 PaDiM, tf_efficientnet_lite0, 176 ch, bilinear", 1.000, 0.982, 0.924),
@@ -55,4 +55,4 @@ def main(names: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:] or ["Lite0-all176", "Lite0-Rd100"])
+    main(take_data_argument(sys.argv[1:]) or ["Lite0-all176", "Lite0-Rd100"])

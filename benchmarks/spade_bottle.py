@@ -5,9 +5,11 @@ inference time per image (median wall and mean CPU) and model size.
 Protocol as the paper's (design.md section 1): resize 256 (identity for this copy), center crop 224, masks
 resized with nearest and cropped alike; train on the 209 good images, test on all 83.
 
-    python benchmarks/spade_bottle.py                                   # SPADE (exact) and PaDiM, Lite0, 2 threads
+    python benchmarks/spade_bottle.py --root /path/to/mvtec             # SPADE (exact) and PaDiM, Lite0, 2 threads
     python benchmarks/spade_bottle.py --spade-indexes flat,hnsw         # also SPADE on HNSW
     python benchmarks/spade_bottle.py --root /path/to/mvtec --category cable
+
+``--root`` (the MVTec AD folder holding the category) defaults to ``ANOMBENCH_DATA_MVTEC``.
 
 The paper's figures (WR50, its Table III/V): SPADE bottle pixel AUROC 98.4, PRO 95.5; our backbone differs, so
 compare the two methods with each other here, not with the paper.
@@ -16,6 +18,7 @@ compare the two methods with each other here, not with the paper.
 from __future__ import annotations
 
 import argparse
+import os
 
 import numpy as np
 
@@ -25,8 +28,6 @@ from anombench_plugins.mvtec import MVTecAD
 from anombench_plugins.padim import PaDiM
 from anombench_plugins.spade import SPADE
 from bench_spade_speed import fit_seconds, load_batches, set_threads, time_scoring
-
-DEFAULT_ROOT = "/work/shared/data/mvtec_ad_256"
 
 
 def quality(timing_scores: list, test: list[Batch]) -> tuple[float, float, float]:
@@ -40,13 +41,16 @@ def quality(timing_scores: list, test: list[Batch]) -> tuple[float, float, float
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--root", default=DEFAULT_ROOT)
+    parser.add_argument("--root", default=os.environ.get("ANOMBENCH_DATA_MVTEC"),
+                        help="MVTec AD root (default: $ANOMBENCH_DATA_MVTEC)")
     parser.add_argument("--category", default="bottle")
     parser.add_argument("--backbone", default="efficientnet_lite0")
     parser.add_argument("--weights", default="imagenet")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--spade-indexes", default="flat")
     args = parser.parse_args()
+    if not args.root:
+        parser.error("no MVTec AD data: pass --root /path/to/mvtec_ad or set ANOMBENCH_DATA_MVTEC")
     set_threads(args.threads)
 
     data = MVTecAD(root=args.root, image_size=256, crop_size=224)

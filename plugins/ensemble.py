@@ -9,22 +9,26 @@ and the joint model's: the runner extracts Table I's five variants with one ResN
 from __future__ import annotations
 
 from anombench import hookimpl
-from anombench_plugins.backbones import FeatureExtractor, LayerSpec
-from anombench_plugins.padim import PadimMethod, Reduction, build_head
+from anombench_plugins.backbones import LayerSpec
+from anombench_plugins.padim_head import PadimMethod, Reduction
 
 
 class PaDiMLayerEnsemble(PadimMethod):
-    """Sum of single-layer PaDiM maps over ``layers`` (default: the backbone's three layers)."""
+    """Sum of single-layer PaDiM maps over ``layers`` (default: the backbone's three layers). Like PaDiM, the
+    constructor stores its arguments only."""
 
     KIND = "anombench.padim_layer_ensemble"
+    NAME = "padim_layer_ensemble"
 
     def __init__(self, backbone: str = "resnet18", layers: list[LayerSpec] | None = None, weights: str = "imagenet",
                  reduction: Reduction = "none", n_features: int | None = None, eps: float = 0.01,
                  device: str = "cpu", seed: int = 0) -> None:
-        extractor = FeatureExtractor(backbone, layers, weights, device, seed)
-        heads = [build_head(extractor, [layer], reduction, n_features, eps, seed) for layer in extractor.layers]
-        super().__init__(extractor, heads, dict(backbone=backbone, layers=layers, weights=weights,
-                                                reduction=reduction, n_features=n_features, eps=eps, seed=seed))
+        self.backbone, self.layers, self.weights = backbone, layers, weights
+        self.reduction, self.n_features, self.eps = reduction, n_features, eps
+        self.device, self.seed = device, seed
+
+    def head_layers(self) -> list[list[str]]:
+        return [[layer] for layer in self.features.layers]
 
 
 @hookimpl

@@ -25,19 +25,18 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 import faiss
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from anombench import hookimpl
-from anombench.api import Batch, ComposedFromSharedSteps, Scores
+from anombench.api import Batch, Scores
 from anombench.errors import UserError
-from anombench_plugins.backbones import FeatureExtractor, FeatureMaps, LayerSpec, backbone_spec, unit_name
-from anombench_plugins.modelfile import build_from_config, read_model_file, write_model_file
-from anombench_plugins.padim import gaussian_matrix
+from anombench_plugins.backbones import FeatureMaps, LayerSpec, backbone_spec, resolve_layers
+from anombench_plugins.components import PretrainedExtraction, PretrainedFeatures, bilinear_mean_map
+from anombench_plugins.modelfile import build_from_config, config_of, read_model_file, write_model_file
 
 KIND = "anombench.spade"  # the model file's metadata tag
 IndexKind = Literal["flat", "ivf", "hnsw"]
@@ -253,60 +252,70 @@ class SpadeModel:
         return int(pooled + sum(g.nbytes for g in self.galleries.values()))
 
 
-def pixel_map(layer_maps: list[torch.Tensor], size: tuple[int, int], sigma: float) -> torch.Tensor:
-    """Layer distance maps -> each upsampled (bilinear) to ``size`` -> averaged -> Gaussian filter -> (H, W).
-
-    The filter is scipy.ndimage.gaussian_filter(sigma, mode="reflect") as two matmuls with PaDiM's filter matrices.
-    """
-    up = [F.interpolate(m[None, None], size=size, mode="bilinear", align_corners=False)[0, 0] for m in layer_maps]
-    mean = torch.stack(up).mean(0)
-    return gaussian_matrix(size[0], sigma).to(mean) @ mean @ gaussian_matrix(size[1], sigma).to(mean).T
-
-
 # ---------------------------------------------------------------------------------------------- the plugin
 
 
-class SPADE(ComposedFromSharedSteps):
+class SPADE(PretrainedExtraction):
     """SPADE as an anombench method (see the module docstring).
 
     ``layers``: the patch layers (None = the backbone's defaults, layer1..3 for ResNets); ``pooled_layer``: the
     stage whose global average pool drives the image k-NN (None = the last stage: layer4, or blocks.6 for
     EfficientNets). ``index``: "flat" (exact), "ivf" (``nlist`` lists, None = 4 sqrt(n); ``nprobe`` probed) or
     "hnsw" (``hnsw_m`` links, ``ef_construction``, ``ef_search``). faiss runs on the CPU; ``device`` places the
-    backbone.
+    backbone. The constructor stores its arguments only: the backbone is built on the first ``extract``.
     """
+
+    bank: FeatureBank | None = None  # training features while fitting
+    model: SpadeModel | None = None  # the fitted state
 
     def __init__(self, backbone: str = "wide_resnet50_2", layers: list[LayerSpec] | None = None,
                  pooled_layer: LayerSpec | None = None, weights: str = "imagenet", k: int = 50,
                  sigma: float = 4.0, index: IndexKind = "flat", nlist: int | None = None, nprobe: int = 8,
                  hnsw_m: int = 32, ef_construction: int = 40, ef_search: int = 128,
                  device: str = "cpu", seed: int = 0) -> None:
-        check_spade_params(k, sigma, index, nlist, nprobe, hnsw_m, ef_construction, ef_search)
-        self.config: dict[str, Any] = dict(backbone=backbone, layers=layers, pooled_layer=pooled_layer, weights=weights,
-                                           k=k, sigma=sigma, index=index, nlist=nlist, nprobe=nprobe, hnsw_m=hnsw_m,
-                                           ef_construction=ef_construction, ef_search=ef_search, seed=seed)
-        spec = backbone_spec(backbone)
-        patch_layers = list(layers) if layers else list(spec.default_layers)
-        pooled = pooled_layer if pooled_layer is not None else POOLED_LAYER[spec.family]
-        self.extractor = FeatureExtractor(backbone, [*patch_layers, pooled], weights, device, seed)
-        resolved = [unit_name(spec, self.extractor.unit_names, layer) for layer in patch_layers]
-        self.layers: list[str] = list(dict.fromkeys(resolved))
-        self.pooled_layer = unit_name(spec, self.extractor.unit_names, pooled)
-        self.k, self.sigma, self.index_kind, self.seed = k, sigma, index, seed
-        self.index_params: dict[str, int | None] = dict(nlist=nlist, nprobe=nprobe, hnsw_m=hnsw_m,
-                                                        ef_construction=ef_construction, ef_search=ef_search)
-        self.bank: FeatureBank | None = None
-        self.model: SpadeModel | None = None
+        self.backbone, self.layers, self.pooled_layer, self.weights = backbone, layers, pooled_layer, weights
+        self.k, self.sigma, self.index, self.nlist, self.nprobe = k, sigma, index, nlist, nprobe
+        self.hnsw_m, self.ef_construction, self.ef_search = hnsw_m, ef_construction, ef_search
+        self.device, self.seed = device, seed
 
-    # SharesFeatures (fit and score_maps are these steps composed, by ComposedFromSharedSteps)
-    def feature_key(self) -> str:
-        return self.extractor.key()
+    def feature_source(self) -> PretrainedFeatures:
+        return PretrainedFeatures(self.backbone, [*self._patch_layers(), self._pooled_layer()], self.weights,
+                                  self.device, self.seed)
 
-    def extract(self, images: torch.Tensor) -> FeatureMaps:
-        return self.extractor(images)
+    def _patch_layers(self) -> list[LayerSpec]:
+        return list(self.layers) if self.layers else list(backbone_spec(self.backbone).default_layers)
 
+    def _pooled_layer(self) -> LayerSpec:
+        if self.pooled_layer is not None:
+            return self.pooled_layer
+        return POOLED_LAYER[backbone_spec(self.backbone).family]
+
+    @property
+    def patch_taps(self) -> list[str]:
+        """The patch layers as unit names, from the backbone table."""
+        return resolve_layers(backbone_spec(self.backbone), self._patch_layers())[0]
+
+    @property
+    def pooled_tap(self) -> str:
+        """The pooled layer as a unit name, from the backbone table."""
+        return resolve_layers(backbone_spec(self.backbone), [self._pooled_layer()])[0][0]
+
+    @property
+    def index_params(self) -> dict[str, int | None]:
+        return dict(nlist=self.nlist, nprobe=self.nprobe, hnsw_m=self.hnsw_m, ef_construction=self.ef_construction,
+                    ef_search=self.ef_search)
+
+    def preflight(self) -> None:
+        """Bad values, unknown backbone or layer, missing weights file: one line each, nothing built."""
+        check_spade_params(self.k, self.sigma, self.index, self.nlist, self.nprobe, self.hnsw_m,
+                           self.ef_construction, self.ef_search)
+        self.features.preflight()
+
+    # SharesFeatures (fit and score_maps are these steps composed, by the mixin)
     def fit_begin(self) -> None:
-        self.bank, self.model = FeatureBank(self.layers, self.pooled_layer), None
+        check_spade_params(self.k, self.sigma, self.index, self.nlist, self.nprobe, self.hnsw_m,
+                           self.ef_construction, self.ef_search)
+        self.bank, self.model = FeatureBank(self.patch_taps, self.pooled_tap), None
 
     def fit_step(self, features: FeatureMaps) -> None:
         if self.bank is None:
@@ -316,39 +325,39 @@ class SPADE(ComposedFromSharedSteps):
     def fit_end(self) -> None:
         if self.bank is None or self.bank.n_images == 0:
             raise UserError("SPADE needs at least 1 training image")
-        self.model = SpadeModel.from_bank(self.bank, self.k, self.index_kind, self.index_params, self.seed)
+        self.model = SpadeModel.from_bank(self.bank, self.k, self.index, self.index_params, self.seed)
         self.bank = None
 
-    def score_features(self, features: FeatureMaps, batch: Batch) -> Scores:
+    def fitted(self) -> SpadeModel:
         if self.model is None:
-            raise RuntimeError("SPADE: score before fit")
+            raise RuntimeError("SPADE: call fit (or fit_begin/fit_step/fit_end) before scoring or saving")
+        return self.model
+
+    def score_features(self, features: FeatureMaps, batch: Batch) -> Scores:
+        model = self.fitted()
         size = tuple(batch.images.shape[-2:])
         maps, image_scores = [], []
         for i in range(len(batch)):
-            one = {name: features[name][i:i + 1] for name in (*self.layers, self.pooled_layer)}
-            distances, neighbours = self.model.nearest_images(pooled_vectors(one[self.pooled_layer]))
+            one = {name: features[name][i:i + 1] for name in (*self.patch_taps, self.pooled_tap)}
+            distances, neighbours = model.nearest_images(pooled_vectors(one[self.pooled_tap]))
             image_scores.append(distances.mean())
-            maps.append(pixel_map(self.model.layer_distances(one, neighbours), size, self.sigma))
+            maps.append(bilinear_mean_map(model.layer_distances(one, neighbours), size, self.sigma))
         return Scores(maps=torch.stack(maps).to(torch.float32).numpy(),
                       image_scores=np.asarray(image_scores, dtype=np.float32))
 
     # ModelSize: every training patch is kept, so this grows linearly with the training set.
     def model_bytes(self) -> int:
-        if self.model is None:
-            raise RuntimeError("SPADE: model_bytes before fit")
-        return self.model.nbytes
+        return self.fitted().nbytes
 
     # persistence: fit once, score many times. The faiss indexes travel as faiss's own serialisation.
     def save(self, path: str | Path) -> None:
-        if self.model is None:
-            raise RuntimeError("SPADE: save before fit")
-        write_model_file(path, KIND, self.config, self.model.state())
+        write_model_file(path, KIND, config_of(self), self.fitted().state())
 
     @classmethod
     def load(cls, path: str | Path, device: str = "cpu") -> SPADE:
         config, state = read_model_file(path, KIND)
         method = build_from_config(path, cls, config, device=device)
-        method.model = SpadeModel.from_state(state, method.layers, method.k, method.index_params)
+        method.model = SpadeModel.from_state(state, method.patch_taps, method.k, method.index_params)
         return method
 
 

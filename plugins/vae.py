@@ -42,8 +42,15 @@ from tqdm.auto import tqdm
 from anombench import hookimpl
 from anombench.api import Batch, Scores
 from anombench.errors import UserError
-from anombench_plugins.backbones import IMAGENET_MEAN, IMAGENET_STD, backbone_spec, backbone_units, load_backbone
-from anombench_plugins.modelfile import build_from_config, read_model_file, write_model_file
+from anombench_plugins.backbones import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    backbone_spec,
+    backbone_units,
+    check_weights,
+    load_backbone,
+)
+from anombench_plugins.modelfile import build_from_config, config_of, read_model_file, write_model_file
 
 KIND = "anombench.vae"  # the model file's metadata tag
 STRIDE = 32  # ResNet-18's total downsampling: one latent position per 32x32 pixels
@@ -156,7 +163,12 @@ def fingerprint(settings: dict[str, Any], images: torch.Tensor) -> str:
 
 class VAE:
     """The paper's VAE baseline (see the module docstring). Every number of the training recipe is a parameter;
-    ``checkpoint_dir`` None disables checkpoints; ``progress`` shows a tqdm bar with the running loss."""
+    ``checkpoint_dir`` None disables checkpoints; ``progress`` shows a tqdm bar with the running loss.
+
+    The constructor stores its arguments only; the network (initial weights drawn from ``seed``, or read from
+    ``weights``) is built when ``fit`` starts."""
+
+    model: ConvVAE | None = None  # built by fit (or load)
 
     def __init__(self, weights: str = "none", latent_channels: int = 64,
                  decoder_channels: tuple[int, ...] = (256, 128, 64, 32, 16),
@@ -164,32 +176,51 @@ class VAE:
                  kl_weight: float = 1.0, rotation: float = 2.0, resize: int = 292, random_crop: int = 282,
                  crop: int = 256, checkpoint_dir: str | None = None, progress: bool = True,
                  device: str = "cpu", seed: int = 0) -> None:
-        check_vae_params(latent_channels, list(decoder_channels), n_augmented, epochs, batch_size, lr, kl_weight,
-                         rotation, resize, random_crop, crop)
-        self.settings: dict[str, Any] = dict(
-            weights=weights, latent_channels=latent_channels, decoder_channels=list(decoder_channels),
-            n_augmented=n_augmented, batch_size=batch_size, lr=lr, kl_weight=kl_weight, rotation=rotation,
-            resize=resize, random_crop=random_crop, crop=crop, device=str(torch.device(device)), seed=seed)
-        self.epochs, self.progress = epochs, progress
-        self.checkpoint_dir = Path(checkpoint_dir).expanduser() if checkpoint_dir is not None else None
-        self.device = torch.device(device)
-        self._initialise()
+        self.weights, self.latent_channels, self.decoder_channels = weights, latent_channels, decoder_channels
+        self.n_augmented, self.epochs, self.batch_size, self.lr = n_augmented, epochs, batch_size, lr
+        self.kl_weight, self.rotation, self.resize, self.random_crop, self.crop = (kl_weight, rotation, resize,
+                                                                                    random_crop, crop)
+        self.checkpoint_dir, self.progress, self.device, self.seed = checkpoint_dir, progress, device, seed
 
-    def _initialise(self) -> None:
-        """The untrained state for ``seed``: weights, Adam, generators, empty history (``fit`` always starts here)."""
-        seed = self.settings["seed"]
-        self.generator = torch.Generator().manual_seed(seed)  # augmentation and order
-        self.noise = torch.Generator(device=self.device).manual_seed(seed)  # reparameterisation noise
+    def training_settings(self) -> dict[str, Any]:
+        """Everything that changes training except ``epochs``: the checkpoint's fingerprint hashes this."""
+        return dict(weights=self.weights, latent_channels=self.latent_channels,
+                    decoder_channels=list(self.decoder_channels), n_augmented=self.n_augmented,
+                    batch_size=self.batch_size, lr=self.lr, kl_weight=self.kl_weight, rotation=self.rotation,
+                    resize=self.resize, random_crop=self.random_crop, crop=self.crop,
+                    device=str(torch.device(self.device)), seed=self.seed)
+
+    def check_settings(self) -> None:
+        check_vae_params(self.latent_channels, list(self.decoder_channels), self.n_augmented, self.epochs,
+                         self.batch_size, self.lr, self.kl_weight, self.rotation, self.resize, self.random_crop,
+                         self.crop)
+
+    def preflight(self) -> None:
+        """Bad settings or a missing encoder weights file: one line each, nothing built."""
+        self.check_settings()
+        check_weights(backbone_spec("resnet18"), self.weights)
+
+    def _initialise(self, weights: str | None = None) -> None:
+        """The untrained state for ``seed``: weights, Adam, generators, empty history (``fit`` always starts here).
+        ``weights`` overrides the encoder's initial weights (``load`` replaces them all, so it reads none)."""
+        self.check_settings()
+        device = torch.device(self.device)
+        self.generator = torch.Generator().manual_seed(self.seed)  # augmentation and order
+        self.noise = torch.Generator(device=device).manual_seed(self.seed)  # reparameterisation noise
         with torch.random.fork_rng(devices=[]):  # built on the CPU: only the CPU generator is touched, then restored
-            torch.random.default_generator.manual_seed(seed)
-            self.model = ConvVAE(self.settings["latent_channels"], self.settings["decoder_channels"],
-                                 self.settings["weights"], seed).to(self.device)
+            torch.random.default_generator.manual_seed(self.seed)
+            self.model = ConvVAE(self.latent_channels, list(self.decoder_channels), weights or self.weights,
+                                 self.seed).to(device)
         # fused: one kernel for all parameters instead of a Python loop over them (several times faster on CPU)
-        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=self.settings["lr"], fused=True)
-        self.augment = Augmenter(self.settings["rotation"], self.settings["resize"], self.settings["random_crop"],
-                                 self.settings["crop"], self.generator)
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=self.lr, fused=True)
+        self.augment = Augmenter(self.rotation, self.resize, self.random_crop, self.crop, self.generator)
         self.history: list[float] = []  # mean training loss per epoch
         self.epoch = 0
+
+    def fitted(self) -> ConvVAE:
+        if self.model is None:
+            raise RuntimeError("VAE: call fit before scoring or saving")
+        return self.model
 
     # training
     def fit(self, train: Iterable[Batch]) -> None:
@@ -200,7 +231,7 @@ class VAE:
         checkpoint = self._checkpoint_path(images)
         if checkpoint is not None and checkpoint.is_file():
             self._resume(checkpoint)
-        steps = math.ceil(self.settings["n_augmented"] / self.settings["batch_size"])
+        steps = math.ceil(self.n_augmented / self.batch_size)
         with tqdm(total=self.epochs * steps, initial=self.epoch * steps, desc="vae", unit="step",
                   disable=not self.progress, leave=False) as bar:
             while self.epoch < self.epochs:
@@ -213,11 +244,11 @@ class VAE:
     def _train_epoch(self, images: torch.Tensor, bar: tqdm) -> float:
         """One pass over ``n_augmented`` fresh augmentations; returns the mean loss per image."""
         self.model.train()
-        order = epoch_order(len(images), self.settings["n_augmented"], self.generator)
+        order = epoch_order(len(images), self.n_augmented, self.generator)
         total = 0.0
-        for indices in order.split(self.settings["batch_size"]):
+        for indices in order.split(self.batch_size):
             batch = self.augment(images[indices].to(self.device))
-            loss = vae_loss(batch, *self.model(batch, self.noise), kl_weight=self.settings["kl_weight"])
+            loss = vae_loss(batch, *self.model(batch, self.noise), kl_weight=self.kl_weight)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self.optimizer.step()
@@ -230,8 +261,9 @@ class VAE:
     def _checkpoint_path(self, images: torch.Tensor) -> Path | None:
         if self.checkpoint_dir is None:
             return None
-        self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
-        return self.checkpoint_dir / f"vae-{fingerprint(self.settings, images)}.pt"
+        directory = Path(self.checkpoint_dir).expanduser()
+        directory.mkdir(parents=True, exist_ok=True)
+        return directory / f"vae-{fingerprint(self.training_settings(), images)}.pt"
 
     def _save(self, path: Path) -> None:
         """Write the whole training state to a temporary file, then rename it over ``path`` (atomic)."""
@@ -264,31 +296,30 @@ class VAE:
         if h % STRIDE or w % STRIDE:
             raise UserError(f"VAE: image size {h}x{w} is not a multiple of {STRIDE} (the encoder's stride); "
                             "resize or crop the dataset to e.g. 256 or 224")
-        self.model.eval()
+        model = self.fitted().eval()
         images = batch.images.to(self.device, torch.float32)
-        maps = reconstruction_error(images, self.model.reconstruct(images)).cpu().numpy().astype(np.float32)
+        maps = reconstruction_error(images, model.reconstruct(images)).cpu().numpy().astype(np.float32)
         return Scores(maps=maps, image_scores=maps.reshape(len(maps), -1).max(1))
 
     # ModelSize
     def model_bytes(self) -> int:
-        tensors = [*self.model.parameters(), *self.model.buffers()]
+        tensors = [*self.fitted().parameters(), *self.fitted().buffers()]
         return int(sum(t.numel() * t.element_size() for t in tensors))
 
     # persistence: the trained network and its settings (training checkpoints are the separate ``checkpoint_dir``)
     def save(self, path: str | Path) -> None:
-        config = {k: v for k, v in self.settings.items() if k != "device"} | {
-            "epochs": self.epochs, "trained_epochs": self.epoch, "history": self.history}
-        write_model_file(path, KIND, config, self.model.state_dict())
+        config = config_of(self) | {"trained_epochs": self.epoch, "history": self.history}
+        write_model_file(path, KIND, config, self.fitted().state_dict())
 
     @classmethod
     def load(cls, path: str | Path, device: str = "cpu") -> VAE:
         config, state = read_model_file(path, KIND)
         trained_epochs, history = config.pop("trained_epochs", 0), config.pop("history", [])
+        method = build_from_config(path, cls, config | {"progress": False}, device=device)
         # every weight comes from the file: the encoder's initial weights (maybe an offline-missing file) are not read
-        method = build_from_config(path, cls, config | {"weights": "none"}, progress=False, device=device)
-        method.settings["weights"] = config["weights"]
-        method.model.load_state_dict(state)
-        method.model.eval()
+        method._initialise(weights="none")
+        method.fitted().load_state_dict(state)
+        method.fitted().eval()
         method.epoch, method.history = trained_epochs, history
         return method
 

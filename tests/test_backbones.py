@@ -138,3 +138,27 @@ def test_extraction_stops_at_the_deepest_tap_and_normalises_itself():
 def test_unknown_layers_are_user_errors(layer):
     with pytest.raises(UserError, match="has no layer"):
         FeatureExtractor("resnet18", [layer], weights="none")
+
+
+@pytest.mark.parametrize("name", sorted(backbones.BACKBONES))
+def test_the_table_describes_every_unit_as_a_forward_pass_sees_it(name):
+    """``feature_info`` (names, channels, strides: what feature keys and preflight read without building) is the
+    built model's truth: same units in the same order, each output's channels and stride at a 64x64 input."""
+    spec = backbone_spec(name)
+    units = backbones.backbone_units(spec, load_backbone(name, "none"))
+    table = backbones.feature_info(spec)
+    assert [n for n, _ in units] == [info.name for info in table]
+    x = torch.zeros(1, 3, 64, 64)
+    with torch.inference_mode():
+        for (unit_name, unit), info in zip(units, table):
+            x = unit(x)
+            assert (x.shape[1], 64 // x.shape[-1]) == (info.channels, info.stride), unit_name
+
+
+def test_feature_key_and_channels_need_no_model(monkeypatch):
+    from anombench_plugins.components import PretrainedFeatures
+
+    monkeypatch.setattr(backbones, "load_backbone", lambda *a, **k: pytest.fail("built"))
+    features = PretrainedFeatures("efficientnet_b5", [7, 20, 26], "none", "cpu", 4)
+    assert features.channels == {"blocks.1.3": 40, "blocks.3.6": 128, "blocks.4.5": 176}
+    assert features.key() == "efficientnet_b5|none(seed=4)|blocks.1.3,blocks.3.6,blocks.4.5|cpu"

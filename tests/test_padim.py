@@ -14,16 +14,15 @@ from anombench.api import Batch
 from anombench.conformance import check_method
 from anombench.errors import UserError
 from anombench.plugins import registry
-from anombench_plugins.padim import (
+from anombench_plugins.components import anomaly_maps, gaussian_blur, gaussian_kernel
+from anombench_plugins.padim import PaDiM
+from anombench_plugins.padim_head import position_major_embedding
+from anombench_plugins.padim_stats import (
+    EmbeddingStore,
     LowerRowBlocks,
-    PaDiM,
     PatchGaussian,
     StreamingMoments,
-    anomaly_maps,
     check_inverse,
-    gaussian_blur,
-    gaussian_kernel,
-    position_major_embedding,
     whitening_factor,
 )
 
@@ -121,7 +120,7 @@ def test_padim_equals_numpy_reference_of_the_paper(reduction, n_features, layers
 
     index = model.head.index.numpy() if model.head.index is not None else None
     expected = np_padim_maps([model.extract(b.images) for b in batches], model.extract(test_images),
-                             model.extractor.layers, index, n_features if reduction == "pca" else None, 0.01, (32, 48))
+                             model.features.layers, index, n_features if reduction == "pca" else None, 0.01, (32, 48))
     assert scores.maps.shape == (3, 32, 48) and scores.maps.dtype == np.float32
     np.testing.assert_allclose(scores.maps, expected, rtol=1e-4)
     np.testing.assert_allclose(scores.image_scores, expected.reshape(3, -1).max(1), rtol=1e-4)
@@ -183,6 +182,48 @@ def test_streaming_moments_match_numpy_whatever_the_batching():
         np.testing.assert_allclose(covariances[p], np.cov(x[:, p], rowvar=False), rtol=1e-9, atol=1e-12)
     np.testing.assert_allclose(moments.pooled_covariance().numpy(), np.cov(x.reshape(-1, 6), rowvar=False),
                                rtol=1e-9, atol=1e-12)
+
+
+def test_embedding_store_gives_the_streaming_statistics_and_folds_into_them():
+    """The memory-lean storage (float32 embeddings) equals the float64 streaming moments, before and after it is
+    folded into them, and frees each position group on release."""
+    x = (3 + RNG.normal(size=(40, 11, 6)) * RNG.uniform(0.1, 2, size=6)).astype(np.float32)
+    streaming, store = StreamingMoments(11, 6, "cpu"), EmbeddingStore(11, 6)
+    for part in np.split(x, [7, 20]):
+        batch = torch.from_numpy(part).permute(1, 0, 2).contiguous()
+        streaming.update(batch)
+        store.update(batch)
+    assert store.nbytes == x.nbytes and store.full()  # 40 images of 6 dims outweigh 6 x 6 float64 statistics
+    expected = torch.cat([streaming.covariance(g, c) for g, c in streaming.chunks(6)])
+    torch.testing.assert_close(torch.cat([store.covariance(g, c) for g, c in store.chunks(6)]), expected)
+    torch.testing.assert_close(store.mean(), streaming.mean())
+    torch.testing.assert_close(store.pooled_covariance(), streaming.pooled_covariance())
+    folded = store.folded("cpu")
+    assert store.nbytes == 0 and folded.count == 40
+    torch.testing.assert_close(torch.cat([folded.covariance(g, c) for g, c in folded.chunks(6)]), expected)
+
+
+@pytest.mark.parametrize("reduction,n_features", [("random", 40), ("pca", 12)])
+def test_the_memory_lean_fit_gives_the_same_maps(monkeypatch, reduction, n_features):
+    """Large float64 statistics (WR50-Rd550) are replaced by the stored embeddings, folded when they outgrow them:
+    the maps are the streaming fit's either way."""
+    import anombench_plugins.padim_head as head_module
+
+    batches = [make_batch(random_images(4, 32, 32, seed=s)) for s in range(4)]
+    test = make_batch(random_images(2, 32, 32, seed=9))
+
+    def maps() -> np.ndarray:
+        model = PaDiM(backbone="resnet18", weights="none", reduction=reduction, n_features=n_features, seed=1)
+        model.fit(batches)
+        return model.score_maps(test).maps
+
+    streaming = maps()
+    monkeypatch.setattr(head_module, "STREAMING_STATISTICS_BYTES", 0)
+    np.testing.assert_allclose(maps(), streaming, rtol=1e-5)  # kept as embeddings to the end
+    folds = []
+    monkeypatch.setattr(EmbeddingStore, "full", lambda self: folds.append(self.count) or self.count >= 8)
+    np.testing.assert_allclose(maps(), streaming, rtol=1e-5)  # folded into streaming moments after 8 images
+    assert folds == [4, 8]
 
 
 def test_whitening_factor_inverts_550_dim_covariances_at_two_threads(two_threads):
@@ -277,15 +318,19 @@ def test_feature_key_tracks_what_changes_features_and_nothing_else():
     assert key(seed=0, backbone="efficientnet_lite0") != base
 
 
-def test_channel_selection_is_seeded_and_leaves_the_global_rng_alone():
+def test_channel_selection_is_seeded_made_in_fit_and_leaves_the_global_rng_alone():
     torch.manual_seed(123)
     state = torch.random.get_rng_state()
-    a = PaDiM(backbone="resnet18", weights="none", seed=7)
+    a, b, c = (PaDiM(backbone="resnet18", weights="none", seed=seed) for seed in (7, 7, 8))
+    assert a.heads is None  # the constructor draws nothing
+    for model in (a, b, c):
+        model.fit_begin()
     assert torch.equal(torch.random.get_rng_state(), state)
-    b = PaDiM(backbone="resnet18", weights="none", seed=7)
-    c = PaDiM(backbone="resnet18", weights="none", seed=8)
     assert a.head.n_features == 100 and torch.equal(a.head.index, b.head.index)
     assert not torch.equal(a.head.index, c.head.index)
+    # the same generator and seed as the draw has always used: randperm of the 448 channels, first 100, sorted
+    expected = torch.randperm(448, generator=torch.Generator().manual_seed(7))[:100].sort().values
+    assert torch.equal(a.head.index, expected)
 
 
 def test_save_and_load_give_the_same_scores(tmp_path):
@@ -323,9 +368,39 @@ def test_model_bytes_counts_the_fitted_state_and_wr50_rd550_fits_in_2gb():
         ({"layers": ["layer9"]}, "layer9"),
     ],
 )
-def test_bad_parameters_raise_one_user_error(kwargs, message):
+def test_bad_parameters_raise_one_user_error_in_preflight_and_fit_not_in_the_constructor(kwargs, message):
+    model = PaDiM(**{"backbone": "resnet18", "weights": "none", **kwargs})  # stores, checks nothing
+    with pytest.raises(UserError, match=message) as info:
+        model.preflight()
+    assert "\n" not in str(info.value)
     with pytest.raises(UserError, match=message):
-        PaDiM(**{"backbone": "resnet18", "weights": "none", **kwargs})
+        model.fit([make_batch(random_images(2, 32, 32))])
+
+
+def test_constructor_builds_nothing_and_keeps_its_arguments(monkeypatch):
+    from anombench_plugins import backbones
+
+    def no_build(*args, **kwargs):
+        raise AssertionError("the backbone was built")
+
+    monkeypatch.setattr(backbones, "load_backbone", no_build)
+    params = dict(backbone="wide_resnet50_2", layers=[1, 2, 3], weights="/nowhere/wr50.pth", reduction="random",
+                  n_features=550, eps=0.01, device="cpu", seed=3)
+    model = PaDiM(**params)
+    assert {name: getattr(model, name) for name in params} == params
+    key = model.feature_key()  # from the backbone table: no weights, no forward pass
+    assert key == "wide_resnet50_2|/nowhere/wr50.pth|layer1,layer2,layer3|cpu"
+    assert model.features.channels == {"layer1": 256, "layer2": 512, "layer3": 1024}
+    with pytest.raises(UserError, match="/nowhere/wr50.pth' does not exist") as info:
+        model.preflight()  # the missing weights file, named in one line
+    assert "\n" not in str(info.value)
+    with pytest.raises(UserError, match=r"n_features=1793 must be in 1\.\.1792"):
+        PaDiM(backbone="wide_resnet50_2", weights="none", n_features=1793).preflight()
+
+
+def test_scoring_before_fit_is_one_clear_error():
+    with pytest.raises(RuntimeError, match="call fit"):
+        PaDiM(backbone="resnet18", weights="none").score_maps(make_batch(random_images(1, 32, 32)))
 
 
 def test_registered_under_padim_with_an_annotated_signature():

@@ -68,8 +68,8 @@ def test_spade_equals_brute_force(train, test_batch, k: int) -> None:
 
     train_features = [method.extract(b.images) for b in train]
     stacked = {name: torch.cat([f[name] for f in train_features]) for name in train_features[0]}
-    maps, image_scores = brute_force(stacked, method.extract(test_batch.images), method.layers,
-                                     method.pooled_layer, min(k, 8), (64, 64))
+    maps, image_scores = brute_force(stacked, method.extract(test_batch.images), method.patch_taps,
+                                     method.pooled_tap, min(k, 8), (64, 64))
     assert np.allclose(scores.image_scores, image_scores, rtol=1e-5)
     assert np.allclose(scores.maps, maps, rtol=1e-4, atol=1e-5 * np.abs(maps).max())
     assert scores.maps.shape == (4, 64, 64)
@@ -96,8 +96,11 @@ def test_feature_key_is_shared_by_spades_on_one_backbone() -> None:
 @pytest.mark.parametrize("params", [dict(index="annoy"), dict(k=0), dict(sigma=0.0), dict(nlist=0),
                                     dict(ef_search=0)])
 def test_bad_parameters_are_user_errors(params: dict) -> None:
+    method = SPADE(**(TINY | params), device="cpu", seed=0)  # stores, checks nothing
     with pytest.raises(UserError, match="SPADE parameter"):
-        SPADE(**(TINY | params), device="cpu", seed=0)
+        method.preflight()
+    with pytest.raises(UserError, match="SPADE parameter"):
+        method.fit_begin()
 
 
 @pytest.mark.parametrize("index", ["ivf", "hnsw"])  # "flat" is the conformance check's
@@ -108,7 +111,7 @@ def test_saved_approximate_indexes_score_identically(train, test_batch, tmp_path
     method.save(tmp_path / "spade.safetensors")
     loaded = SPADE.load(tmp_path / "spade.safetensors")
     before, after = method.score_maps(test_batch), loaded.score_maps(test_batch)
-    assert loaded.index_kind == index and loaded.model_bytes() == method.model_bytes()
+    assert loaded.index == index and loaded.model_bytes() == method.model_bytes()
     assert np.array_equal(before.maps, after.maps) and np.array_equal(before.image_scores, after.image_scores)
 
 

@@ -13,6 +13,7 @@ from anombench.api import collate
 from anombench.conformance import check_method, tiny_batches
 from anombench.errors import UserError
 from anombench_plugins.metrics import auroc
+from anombench_plugins.modelfile import config_of
 from anombench_plugins.synthetic import SyntheticDataset
 from anombench_plugins.vae import VAE, Augmenter, epoch_order
 
@@ -30,7 +31,7 @@ def test_a_saved_vae_keeps_its_settings_and_training_history(tmp_path: Path) -> 
     method.fit(iter(tiny_batches(1, 4, 64, seed=1, anomalous=False)))
     method.save(tmp_path / "vae.safetensors")
     loaded = VAE.load(tmp_path / "vae.safetensors")
-    assert loaded.settings == method.settings and loaded.epochs == 2
+    assert config_of(loaded) == config_of(method) and loaded.epochs == 2
     assert loaded.epoch == 2 and loaded.history == method.history
     batch = tiny_batches(1, 2, 64, seed=2, anomalous=True)[0]
     assert np.array_equal(loaded.score_maps(batch).maps, method.score_maps(batch).maps)
@@ -42,8 +43,10 @@ def test_vae_is_registered(registry) -> None:
 
 def test_paper_recipe_is_the_default() -> None:
     vae = VAE(device="cpu", seed=0)
-    assert (vae.settings["n_augmented"], vae.epochs, vae.settings["batch_size"], vae.settings["lr"]) == (10_000, 100, 32, 1e-4)
-    assert (vae.settings["rotation"], vae.settings["resize"], vae.settings["random_crop"], vae.settings["crop"]) == (2.0, 292, 282, 256)
+    assert vae.model is None  # the constructor builds nothing
+    assert (vae.n_augmented, vae.epochs, vae.batch_size, vae.lr) == (10_000, 100, 32, 1e-4)
+    assert (vae.rotation, vae.resize, vae.random_crop, vae.crop) == (2.0, 292, 282, 256)
+    vae._initialise()
     mu, _ = vae.model.encode(torch.rand(1, 3, 256, 256))
     assert mu.shape[-2:] == (8, 8)  # the paper's 8x8 convolutional latent
 
@@ -98,6 +101,7 @@ def test_resuming_a_checkpoint_reproduces_the_uninterrupted_run(tmp_path: Path) 
 
 def test_inputs_must_be_multiples_of_the_stride() -> None:
     vae = VAE(**SMALL, device="cpu", seed=0)
+    vae._initialise()
     with pytest.raises(UserError, match="multiple of 32"):
         vae.score_maps(tiny_batches(1, 1, 48, seed=0, anomalous=False)[0])
 
@@ -105,8 +109,16 @@ def test_inputs_must_be_multiples_of_the_stride() -> None:
 @pytest.mark.parametrize("params", [dict(crop=300), dict(crop=60, random_crop=60, resize=64),
                                     dict(decoder_channels=[8, 8]), dict(lr=0.0)])
 def test_bad_parameters_are_user_errors(params: dict) -> None:
+    vae = VAE(**(SMALL | params), device="cpu", seed=0)  # stores, checks nothing
     with pytest.raises(UserError, match="VAE parameter"):
-        VAE(**(SMALL | params), device="cpu", seed=0)
+        vae.preflight()
+    with pytest.raises(UserError, match="VAE parameter"):
+        vae.fit(iter(tiny_batches(1, 2, 64, seed=0, anomalous=False)))
+
+
+def test_preflight_names_a_missing_weights_file(tmp_path: Path) -> None:
+    with pytest.raises(UserError, match="nope.pth' does not exist"):
+        VAE(**SMALL, weights=str(tmp_path / "nope.pth"), device="cpu", seed=0).preflight()
 
 
 def pixel_auroc(vae: VAE, test) -> float:
@@ -125,6 +137,7 @@ def test_smoke_training_loss_falls_and_defects_light_up() -> None:
                          epochs=4, lr=2e-3)
 
     vae = VAE(**smoke, device="cpu", seed=0)
+    vae._initialise()  # the untrained network fit starts from
     untrained = pixel_auroc(vae, test)
     vae.fit(iter(train))
     trained = pixel_auroc(vae, test)

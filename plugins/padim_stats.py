@@ -1,0 +1,380 @@
+"""PaDiM's statistics: per-position streaming moments, the fitted Gaussians and their triangular storage.
+
+Numerics, and why:
+- Fit streams: per position a count, a float64 shift (the first batch's mean), the float64 sum of shifted
+  vectors and the float64 lower triangle of their scatter matrix. Memory is fixed by positions x dim^2, never by
+  the number of images, and shifting before summing keeps the one-pass formula free of cancellation.
+- When those float64 statistics would be large (WR50-Rd550: 3.96 GB, twice its fitted model), the fit keeps
+  the float32 embeddings instead while they are the smaller of the two (``EmbeddingStore``: 1.44 GB for 209
+  images, exact), and folds them into the streaming statistics if more images come; either way memory never
+  exceeds the streaming statistics', and each position group is freed as soon as its factors are stored.
+- Sigma + eps I is factored by Cholesky (numpy/LAPACK), Sigma = C C^T, and we keep W = C^-1 (lower triangular), since
+  (x - mu)^T Sigma^-1 (x - mu) = ||W (x - mu)||^2. No general inverse is ever formed (this torch build's batched
+  CPU ``linalg.inv`` is wrong above ~150 dims at 2 threads), and the fit compares W^T W with numpy's inverse
+  on sampled positions and raises if they disagree.
+- W is stored in float32 by row blocks of ``ROW_BLOCK`` rows: block k holds rows r_k..r_k+1 and only columns
+  0..r_k+1, so the zero upper triangle is (almost) not stored and scoring is plain batched matmuls on those blocks
+  with no unpacking. For WR50-Rd550 at 224 input this is 1.99 GB instead of 3.8 GB for dense float32 inverses,
+  and half the multiply-adds of a dense quadratic form.
+- PCA-k (Table II) needs no second pass: the pooled covariance of all training embeddings is the mixture of the
+  per-position Gaussians, and projecting a Gaussian on the top-k eigenvectors V gives V^T mu, V^T Sigma V exactly.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import numpy as np
+import torch
+from scipy.linalg.lapack import dtrtri
+from threadpoolctl import threadpool_limits
+
+from anombench.errors import UserError
+from anombench_plugins.components import return_freed_memory
+
+ROW_BLOCK = 24  # WR50-Rd550: 1.98 GB (16: 1.95 GB but ~25% slower products; 32: 2.01 GB, over the 2.0 GB budget)
+INVERSE_CHECK_POSITIONS = 8
+INVERSE_CHECK_TOLERANCE = 1e-4  # relative Frobenius error of W^T W against numpy's float64 inverse
+POSITION_GROUPS = 8
+CHUNK_BYTES = 4e6  # one dense float64 temporary in fit_end; about ten are alive at once
+
+
+# ---------------------------------------------------------------------------------------------- storage
+
+
+class LowerRowBlocks:
+    """One lower-triangular D x D matrix per patch position, stored by row blocks.
+
+    Block k has shape (positions, r_{k+1} - r_k, r_{k+1}): rows r_k..r_{k+1}, columns 0..r_{k+1}. Only the small
+    upper part of each diagonal block is stored in excess, so storage is D^2 (1 + 1/K) / 2 for K blocks.
+    """
+
+    def __init__(self, blocks: list[torch.Tensor]) -> None:
+        self.blocks = blocks
+        self.bounds = [0] + [int(b.shape[2]) for b in blocks]
+
+    @staticmethod
+    def shapes(dim: int) -> list[tuple[int, int]]:
+        """(rows, columns) of each block for D = dim."""
+        ends = list(range(ROW_BLOCK, dim, ROW_BLOCK)) + [dim]
+        return [(e - s, e) for s, e in zip([0] + ends[:-1], ends)]
+
+    @classmethod
+    def zeros(cls, positions: int, dim: int, dtype: torch.dtype, device: torch.device | str) -> LowerRowBlocks:
+        return cls([torch.zeros(positions, r, c, dtype=dtype, device=device) for r, c in cls.shapes(dim)])
+
+    @property
+    def dim(self) -> int:
+        return self.bounds[-1]
+
+    @property
+    def nbytes(self) -> int:
+        return sum(b.numel() * b.element_size() for b in self.blocks)
+
+    def _rows(self, k: int) -> slice:
+        return slice(self.bounds[k], self.bounds[k + 1])
+
+    def add_gram(self, x: torch.Tensor) -> None:
+        """Add the lower triangle of x^T x per position; x is (positions, n, D)."""
+        for k, block in enumerate(self.blocks):
+            block.baddbmm_(x[:, :, self._rows(k)].transpose(1, 2), x[:, :, : self.bounds[k + 1]])
+
+    def dense(self, positions: slice) -> torch.Tensor:
+        """The stored matrices of ``positions`` as dense (p, D, D) lower-triangular tensors."""
+        first = self.blocks[0][positions]
+        out = first.new_zeros(first.shape[0], self.dim, self.dim)
+        for k, block in enumerate(self.blocks):
+            out[:, self._rows(k), : self.bounds[k + 1]] = block[positions]
+        return out.tril()
+
+    def set_dense(self, positions: slice, matrices: torch.Tensor) -> None:
+        """Store the lower triangles of dense (p, D, D) matrices at ``positions``."""
+        lower = matrices.tril()
+        for k, block in enumerate(self.blocks):
+            block[positions] = lower[:, self._rows(k), : self.bounds[k + 1]].to(block.dtype)
+
+    def squared_norms(self, d: torch.Tensor) -> torch.Tensor:
+        """||L d||^2 for every position and vector; d is (positions, n, D), the result (positions, n)."""
+        total = d.new_zeros(d.shape[:2])
+        for k, block in enumerate(self.blocks):
+            y = torch.bmm(d[:, :, : self.bounds[k + 1]], block.transpose(1, 2))
+            total += (y * y).sum(-1)
+        return total
+
+
+def position_groups(positions: int) -> list[slice]:
+    """POSITION_GROUPS nearly equal slices of the positions: the unit in which statistics and factors are stored,
+    so fit_end can free a group's float64 statistics as soon as its factors exist (and fit_step's float64
+    temporaries are a group's, not the whole grid's)."""
+    bounds = np.linspace(0, positions, min(POSITION_GROUPS, positions) + 1).round().astype(int)
+    return [slice(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:])]
+
+
+def position_chunks(positions: int, dim: int) -> Iterable[slice]:
+    """Slices of positions whose dense float64 D x D temporaries stay near CHUNK_BYTES."""
+    step = max(1, int(CHUNK_BYTES // (dim * dim * 8)))
+    return (slice(s, min(s + step, positions)) for s in range(0, positions, step))
+
+
+def symmetric_from_lower(lower: torch.Tensor) -> torch.Tensor:
+    return lower + lower.tril(-1).transpose(1, 2)
+
+
+# ---------------------------------------------------------------------------------------------- statistics
+
+
+class Moments:
+    """What a fitted Gaussian is made from: per-position means and covariances of the training embeddings, read
+    by position group and released group by group (``PatchGaussian.from_moments``). Two storages share this
+    interface: ``StreamingMoments`` (float64 sums, fixed size) and ``EmbeddingStore`` (the float32 embeddings)."""
+
+    positions: int
+    dim: int
+    count: int
+    groups: list[slice]
+
+    def mean(self) -> torch.Tensor:
+        """(positions, dim) float64."""
+        raise NotImplementedError
+
+    def covariance(self, group: int, positions: slice) -> torch.Tensor:
+        """Unbiased covariance (p, dim, dim), float64, of ``positions`` counted within position group ``group``."""
+        raise NotImplementedError
+
+    def release(self, group: int) -> None:
+        raise NotImplementedError
+
+    @property
+    def nbytes(self) -> int:
+        raise NotImplementedError
+
+    def _check_count(self) -> None:
+        if self.count < 2:
+            raise UserError(f"PaDiM needs at least 2 training images to estimate a covariance, got {self.count}")
+
+    def chunks(self, dim: int) -> Iterable[tuple[int, slice]]:
+        """(group, positions within it) covering every position, sized for dim x dim float64 temporaries."""
+        return ((i, chunk) for i, g in enumerate(self.groups) for chunk in position_chunks(g.stop - g.start, dim))
+
+    def pooled_covariance(self) -> torch.Tensor:
+        """Covariance of all training vectors of all positions together (dim, dim): the PCA target.
+
+        Law of total covariance: (n-1) sum_p Sigma_p + n sum_p (mu_p - mu)(mu_p - mu)^T over nP - 1.
+        """
+        means = self.mean()
+        spread = means - means.mean(0)
+        within = sum(self.covariance(group, chunk).sum(0) for group, chunk in self.chunks(self.dim))
+        scatter = (self.count - 1) * within + self.count * spread.T @ spread
+        return scatter / (self.count * self.positions - 1)
+
+
+class StreamingMoments(Moments):
+    """Per-position count, mean and scatter of vectors seen batch by batch, in float64, by position group. A
+    group's scatter is allocated when its first vectors arrive, so folding an ``EmbeddingStore`` in group by group
+    never holds both whole."""
+
+    def __init__(self, positions: int, dim: int, device: torch.device | str) -> None:
+        self.positions, self.dim, self.count, self.device = positions, dim, 0, device
+        self.groups = position_groups(positions)
+        self.shift = torch.zeros(positions, dim, dtype=torch.float64, device=device)
+        self.total = torch.zeros_like(self.shift)
+        self.scatter: list[LowerRowBlocks | None] = [None] * len(self.groups)
+
+    @staticmethod
+    def nbytes_for(positions: int, dim: int) -> int:
+        stored = sum(r * c for r, c in LowerRowBlocks.shapes(dim))
+        return 8 * positions * (stored + 2 * dim)
+
+    @property
+    def nbytes(self) -> int:
+        return 16 * self.positions * self.dim + sum(s.nbytes for s in self.scatter if s is not None)
+
+    def update(self, x: torch.Tensor) -> None:
+        """Add vectors x of shape (positions, n, dim)."""
+        for group in range(len(self.groups)):
+            self.add_to_group(group, x[self.groups[group]])
+        self.count += x.shape[1]
+
+    def add_to_group(self, group: int, x: torch.Tensor) -> None:
+        """Add vectors x (group positions, n, dim) to one group; the caller counts the images once for all groups.
+        A group's first vectors set its shift (their mean), which keeps the one-pass formula free of
+        cancellation."""
+        rows = self.groups[group]
+        if self.scatter[group] is None:
+            self.shift[rows] = x.mean(1, dtype=torch.float64)
+            self.scatter[group] = LowerRowBlocks.zeros(rows.stop - rows.start, self.dim, torch.float64, self.device)
+        centred = x - self.shift[rows, None, :]  # promoted to float64 by the subtraction
+        self.total[rows] += centred.sum(1)
+        self.scatter[group].add_gram(centred)
+
+    def mean(self) -> torch.Tensor:
+        return self.shift + self.total / self.count
+
+    def covariance(self, group: int, positions: slice) -> torch.Tensor:
+        self._check_count()
+        s = self.total[self.groups[group]][positions]
+        scatter = symmetric_from_lower(self.scatter[group].dense(positions))
+        return (scatter - s[:, :, None] * s[:, None, :] / self.count) / (self.count - 1)
+
+    def release(self, group: int) -> None:
+        self.scatter[group] = None
+
+
+class EmbeddingStore(Moments):
+    """The training embeddings themselves, float32 as the backbone gave them, by position group: exact, and
+    cheaper than ``StreamingMoments`` while n x dim float32 values per position take fewer bytes than the float64
+    triangle of a dim x dim scatter (WR50-Rd550 on 209 images: 1.44 GB instead of 3.96 GB). Means and
+    covariances are computed at fit_end in float64, two-pass, one group at a time, and each group is freed once
+    its factors exist. ``full`` says when folding into ``StreamingMoments`` (``folded``) becomes cheaper."""
+
+    def __init__(self, positions: int, dim: int) -> None:
+        self.positions, self.dim, self.count = positions, dim, 0
+        self.groups = position_groups(positions)
+        self.parts: list[list[torch.Tensor] | None] = [[] for _ in self.groups]  # per group: (p, n_b, dim) each
+
+    @property
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for parts in self.parts if parts for t in parts)
+
+    def full(self) -> bool:
+        return self.nbytes >= StreamingMoments.nbytes_for(self.positions, self.dim)
+
+    def update(self, x: torch.Tensor) -> None:
+        """Keep vectors x of shape (positions, n, dim): a copy per group, so each group can be freed alone."""
+        for rows, parts in zip(self.groups, self.parts):
+            parts.append(x[rows].clone())
+        self.count += x.shape[1]
+
+    def mean(self) -> torch.Tensor:
+        return torch.cat([sum(part.sum(1, dtype=torch.float64) for part in parts) / self.count
+                          for parts in self.parts])
+
+    def covariance(self, group: int, positions: slice) -> torch.Tensor:
+        """Two-pass float64 covariance of a few positions, gathered from the batches' parts: a group's parts are
+        never joined into one tensor, which would hold the group twice (and glibc keeps freed mid-size blocks)."""
+        self._check_count()
+        x = torch.cat([part[positions] for part in self.parts[group]], dim=1).to(torch.float64)
+        centred = x - x.mean(1, keepdim=True)
+        return centred.transpose(1, 2) @ centred / (self.count - 1)
+
+    def release(self, group: int) -> None:
+        """Free a group's embeddings and give their pages back: they are many mid-size blocks, which glibc
+        would otherwise keep, so the fitted factors would grow on top of them instead of in their place."""
+        self.parts[group] = None
+        return_freed_memory()
+
+    def folded(self, device: torch.device | str) -> StreamingMoments:
+        """The same statistics as ``StreamingMoments``, built group by group while the embeddings are freed."""
+        moments = StreamingMoments(self.positions, self.dim, device)
+        for group in range(len(self.groups)):
+            for part in self.parts[group]:
+                moments.add_to_group(group, part)
+            self.release(group)
+        moments.count = self.count
+        return moments
+
+
+def whitening_factor(covariance: torch.Tensor) -> torch.Tensor:
+    """W = C^-1 with covariance = C C^T (Cholesky), batched, so that Sigma^-1 = W^T W.
+
+    Done by numpy's Cholesky and LAPACK's triangular inverse (dtrtri): this torch build's batched CPU Cholesky
+    runs ~100x slower at 2 threads (oneMKL threading, the same family as its wrong ``linalg.inv``).
+    """
+    with threadpool_limits(1, user_api="blas"):  # one small matrix at a time: threads only fight torch's pool
+        try:
+            factors = np.linalg.cholesky(covariance.cpu().numpy())
+        except np.linalg.LinAlgError:
+            raise RuntimeError("PaDiM: a covariance + eps I is not positive definite; is eps > 0?") from None
+        inverses = []
+        for factor in factors:
+            inverse, info = dtrtri(factor, lower=1)
+            if info != 0:
+                raise RuntimeError(f"PaDiM: LAPACK dtrtri failed (info {info}) on a Cholesky factor")
+            inverses.append(np.tril(inverse))
+    return torch.from_numpy(np.stack(inverses)).to(covariance.device)
+
+
+def check_inverse(covariances: np.ndarray, factors: np.ndarray, positions: list[int]) -> None:
+    """Fail loudly when the stored factor does not invert the covariance (numpy float64 is the judge)."""
+    for p, cov, w in zip(positions, covariances, factors):
+        expected = np.linalg.inv(cov)
+        error = np.linalg.norm(w.T @ w - expected) / np.linalg.norm(expected)
+        if not error <= INVERSE_CHECK_TOLERANCE:
+            raise RuntimeError(
+                f"PaDiM: inverse covariance at position {p} is off by {error:.2e} (relative) compared with numpy; "
+                "the linear-algebra backend gives wrong results, refusing to continue"
+            )
+
+
+class PatchGaussian:
+    """The fitted model: per-position mean (P, D) and whitening factors W (lower, row blocks, one LowerRowBlocks per
+    position group), all float32."""
+
+    def __init__(self, mean: torch.Tensor, whiteners: list[LowerRowBlocks]) -> None:
+        self.mean = mean
+        self.whiteners = whiteners
+        self.groups = position_groups(mean.shape[0])
+
+    @classmethod
+    def from_moments(cls, moments: Moments, eps: float,
+                     projection: torch.Tensor | None = None) -> PatchGaussian:
+        """Sigma_p + eps I (optionally projected: V^T Sigma_p V + eps I) -> factor, with the inverse self-check.
+
+        Consumes ``moments``: each group's float64 statistics are released once its factors are stored.
+        Runs with one torch thread: it is thousands of small ops, and on shared cores each multi-threaded op waits
+        for a descheduled sibling thread (measured 4x slower for Lite0's 3136 x 176-dim fit at 2 threads).
+        """
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            return cls._from_moments(moments, eps, projection)
+        finally:
+            torch.set_num_threads(threads)
+
+    @classmethod
+    def _from_moments(cls, moments: Moments, eps: float, projection: torch.Tensor | None) -> PatchGaussian:
+        mean = moments.mean()
+        v = projection.to(torch.float64) if projection is not None else None
+        if v is not None:
+            mean = mean @ v
+        dim = mean.shape[1]
+        whiteners: list[LowerRowBlocks] = []  # a group's factors are allocated when its statistics are about to go
+        eye = torch.eye(dim, dtype=torch.float64, device=mean.device)
+        checked = set(np.linspace(0, moments.positions - 1, INVERSE_CHECK_POSITIONS).round().astype(int).tolist())
+        for group, chunk in moments.chunks(max(dim, moments.dim)):
+            if group == len(whiteners):
+                size = moments.groups[group].stop - moments.groups[group].start
+                whiteners.append(LowerRowBlocks.zeros(size, dim, torch.float32, mean.device))
+            cov = moments.covariance(group, chunk)
+            if v is not None:
+                cov = v.T @ cov @ v
+            cov = cov + eps * eye
+            whiteners[group].set_dense(chunk, whitening_factor(cov))
+            first = moments.groups[group].start + chunk.start
+            mine = [p for p in range(first, first + chunk.stop - chunk.start) if p in checked]
+            if mine:
+                local = [p - first for p in mine]
+                stored = whiteners[group].dense(chunk)[local]
+                check_inverse(cov[local].cpu().numpy(), stored.double().cpu().numpy(), mine)
+            if chunk.stop == moments.groups[group].stop - moments.groups[group].start:
+                moments.release(group)
+        return cls(mean.to(torch.float32), whiteners)
+
+    @property
+    def nbytes(self) -> int:
+        return self.mean.numel() * self.mean.element_size() + sum(w.nbytes for w in self.whiteners)
+
+    def mahalanobis(self, x: torch.Tensor) -> torch.Tensor:
+        """Distances (positions, n) of vectors x (positions, n, D), all positions at once."""
+        d = x - self.mean[:, None, :]
+        squared = torch.cat([w.squared_norms(d[g]) for g, w in zip(self.groups, self.whiteners)])
+        return squared.clamp_min_(0).sqrt_()
+
+
+def principal_axes(covariance: torch.Tensor, k: int) -> torch.Tensor:
+    """The k eigenvectors of largest eigenvalue (dim, k), by numpy's symmetric eigensolver in float64."""
+    values, vectors = np.linalg.eigh(covariance.cpu().numpy())
+    order = np.argsort(values)[::-1][:k]
+    return torch.from_numpy(np.ascontiguousarray(vectors[:, order])).to(covariance.device)
+
+
