@@ -184,7 +184,7 @@ def parse_override(text: str) -> tuple[str, Any]:
     if "=" not in text:
         raise UserError(f"--set {text!r}: expected KEY=VALUE, e.g. --set categories=[bottle]")
     key, raw = text.split("=", 1)
-    if key.strip() in LIST_SHORTHANDS and not raw.lstrip().startswith("["):
+    if key.strip() in LIST_SHORTHANDS and not raw.lstrip().startswith(("[", "{")):
         return key.strip(), raw  # names stay text: categories=001 is category '001', not the number 1
     try:
         return key.strip(), yaml.safe_load(raw)
@@ -246,7 +246,7 @@ def apply_overrides(doc: dict[str, Any], overrides: list[tuple[str, Any]], data_
         entries = _section(doc, section)
         entries.update({name: {} for name, spec in entries.items() if spec is None})
     for key, raw in overrides:
-        value = _as_list(key, raw) if key in LIST_SHORTHANDS else raw
+        value = _as_list(key, raw) if key in LIST_SHORTHANDS and not isinstance(raw, dict) else raw
         if key in ("categories", "image_size"):
             for spec in _section(doc, "datasets").values():
                 if isinstance(spec, dict):
@@ -262,7 +262,7 @@ def apply_overrides(doc: dict[str, Any], overrides: list[tuple[str, Any]], data_
                 run = doc["run"] = {}
             if isinstance(run, dict):  # else build_suite reports the malformed block
                 run[key] = value
-        elif key in ENTRY_SECTIONS:
+        elif key in ENTRY_SECTIONS and not isinstance(value, dict):  # a list narrows; a mapping replaces the section
             doc[key] = _narrowed(key, _section(doc, key), [str(v) for v in value])
         elif "." in key or key in TOP_LEVEL_KEYS:
             _set_dotted(doc, key, value)

@@ -6,7 +6,6 @@ kind tag ("anombench.padim", "anombench.spade", ...) turns "this file is some ot
 
 from __future__ import annotations
 
-import inspect
 import json
 from pathlib import Path
 from typing import Any, Callable, TypeVar
@@ -16,19 +15,17 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from anombench.errors import UserError
+from anombench.params import config_of as signature_config
 
 T = TypeVar("T")
 RUNTIME_PARAMETERS = ("device",)  # where the model runs is the loader's choice, not part of the saved model
 
 
 def config_of(method: Any) -> dict[str, Any]:
-    """The constructor's arguments as the object stores them (attributes named like the parameters, the
-    scikit-learn rule), except ``device``: what a model file saves so ``load`` can rebuild the same method.
-
-    A local stand-in for ``anombench.params.config_of`` until the host offers it."""
-    parameters = inspect.signature(type(method).__init__).parameters
-    return {name: getattr(method, name) for name, p in parameters.items()
-            if name != "self" and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD) and name not in RUNTIME_PARAMETERS}
+    """The constructor's arguments as the object stores them (``anombench.params.config_of``: attributes named like
+    the parameters, the scikit-learn rule), ``seed`` included and ``device`` not: what a model file saves so that
+    ``load`` rebuilds the same method wherever it is loaded."""
+    return signature_config(method, exclude=RUNTIME_PARAMETERS)
 
 
 def write_model_file(path: str | Path, kind: str, config: dict[str, Any], state: dict[str, torch.Tensor]) -> None:

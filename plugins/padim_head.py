@@ -16,7 +16,7 @@ import numpy as np
 import psutil
 import torch
 
-from anombench.api import Batch, Scores
+from anombench.api import Batch, NotFitted, Scores
 from anombench.errors import UserError
 from anombench_plugins.backbones import FeatureMaps, LayerSpec
 from anombench_plugins.components import PretrainedExtraction, PretrainedFeatures, anomaly_maps, max_scores
@@ -145,7 +145,7 @@ class PadimHead:
     def distances(self, features: FeatureMaps) -> torch.Tensor:
         """Mahalanobis distance maps (B, h, w) on the embedding grid."""
         if self.gaussian is None:
-            raise RuntimeError("PaDiM: score before fit")
+            raise NotFitted("PaDiM: call fit before scoring")
         x = self.embedding(features)
         if self.projection is not None:
             x = x @ self.projection.to(x.device)
@@ -160,7 +160,7 @@ class PadimHead:
     def state(self, prefix: str) -> dict[str, torch.Tensor]:
         """The fitted tensors under ``prefix``, for a safetensors file."""
         if self.gaussian is None:
-            raise RuntimeError("PaDiM: save before fit")
+            raise NotFitted("PaDiM: call fit before saving")
         state = {f"{prefix}mean": self.gaussian.mean, f"{prefix}generator_state": self.generator.get_state()}
         state |= {f"{prefix}whitener.{g}.{k}": b for g, w in enumerate(self.gaussian.whiteners)
                   for k, b in enumerate(w.blocks)}
@@ -265,7 +265,7 @@ class PadimMethod(PretrainedExtraction):
 
     def fitted_heads(self) -> list[PadimHead]:
         if self.heads is None or any(head.gaussian is None for head in self.heads):
-            raise RuntimeError(f"{self.NAME}: call fit (or fit_begin/fit_step/fit_end) before scoring or saving")
+            raise NotFitted(f"{self.NAME}: call fit (or fit_begin/fit_step/fit_end) before scoring or saving")
         return self.heads
 
     def fit_begin(self) -> None:

@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 from anombench import hookimpl
-from anombench.api import Batch, Scores
+from anombench.api import Batch, NotFitted, Scores
 from anombench.errors import UserError
 from anombench_plugins.backbones import FeatureMaps, LayerSpec, backbone_spec, resolve_layers
 from anombench_plugins.components import PretrainedExtraction, PretrainedFeatures, bilinear_mean_map
@@ -330,7 +330,7 @@ class SPADE(PretrainedExtraction):
 
     def fitted(self) -> SpadeModel:
         if self.model is None:
-            raise RuntimeError("SPADE: call fit (or fit_begin/fit_step/fit_end) before scoring or saving")
+            raise NotFitted("SPADE: call fit (or fit_begin/fit_step/fit_end) before scoring or saving")
         return self.model
 
     def score_features(self, features: FeatureMaps, batch: Batch) -> Scores:

@@ -40,7 +40,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from anombench import hookimpl
-from anombench.api import Batch, Scores
+from anombench.api import Batch, NotFitted, Scores
 from anombench.errors import UserError
 from anombench_plugins.backbones import (
     IMAGENET_MEAN,
@@ -219,7 +219,7 @@ class VAE:
 
     def fitted(self) -> ConvVAE:
         if self.model is None:
-            raise RuntimeError("VAE: call fit before scoring or saving")
+            raise NotFitted("VAE: call fit before scoring or saving")
         return self.model
 
     # training

@@ -17,7 +17,7 @@ import pytest
 from anombench.compare import EXACT_RTOL, MAX_TOLERANCE, compare_runs, parse_tolerance
 from anombench.errors import UserError
 from anombench.fingerprint import MapFingerprint
-from anombench.results import ARTIFACTS, RunStore, write_json
+from anombench.results import CellResult, RunStore, write_json
 from anombench.runner import RunOptions, run_suite
 from anombench.suite import build_suite
 
@@ -43,11 +43,14 @@ def write_run(directory: Path, figures: dict[str, dict[str, float]], suite: str 
     write_json(directory / "run.json", {"suite": suite, "suite_sha256": sha})
     for cell, metrics in figures.items():
         error = (failed or {}).get(cell)
-        record = {"cell": cell, "method": "m", "dataset": "synthetic", "category": cell.split("|")[2], "seed": 0,
-                  "status": "failed" if error else "ok", "error": error, "metrics": {} if error else metrics}
+        result = CellResult(cell=cell, method="m", plugin="m", params={}, label="m", substituted=False,
+                            dataset="synthetic", category=cell.split("|")[2], family="object", seed=0,
+                            metrics=dict(metrics))
+        if error:
+            result.fail(error, None)
         if fingerprints and cell in fingerprints:
-            record[ARTIFACTS] = {"fingerprint.json": json.dumps(fingerprints[cell]).encode()}
-        store.add(record)
+            result.artifacts = {"fingerprint.json": json.dumps(fingerprints[cell]).encode()}
+        store.add(result)
     return str(directory)
 
 
