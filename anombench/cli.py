@@ -87,6 +87,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     roots = _parse_data_roots(args.data)
     suite = load_suite(find_suite(args.suite), reg, args.set, roots)
     _check_data_names(roots, suite)
+    if args.dry_run:
+        from anombench.dryrun import dry_run
+
+        text, ready = dry_run(suite, reg, RunOptions(device=resolve_device(args.device), threads=args.threads))
+        print(text)
+        return 0 if ready else 1
     if args.resume and not args.out:
         raise UserError("--resume needs --out RUN_DIR (the run to continue)")
     out = Path(args.out) if args.out else default_run_dir(suite)
@@ -164,11 +170,11 @@ def cmd_list(args: argparse.Namespace) -> int:
             params = ", ".join(allowed_parameters(entry.factory, RUNNER_SUPPLIED))
             print(f"  {name:<24} {entry.distribution} {entry.version}  (plugin '{entry.plugin}')"
                   + (f"  params: {params}" if params else ""))
+    print(f"suites (anombench run NAME): {', '.join(builtin_suites())}")
     if reg.broken:
         print("broken plugins (skipped):")
         for plugin in reg.broken:
             print(f"  {plugin.plugin:<24} {plugin.distribution} {plugin.version}  ({plugin.target})  {plugin.error}")
-    print(f"suites (anombench run NAME): {', '.join(builtin_suites())}")
     return 0
 
 
@@ -302,6 +308,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--ci", type=float, metavar="LEVEL",
                      help="bootstrap confidence intervals over test images at LEVEL, e.g. 0.95 (default: off)")
     run.add_argument("--ci-resamples", type=int, metavar="N", help="bootstrap resamples (default 1000)")
+    run.add_argument("--dry-run", action="store_true",
+                     help="print the resolved suite, its cells, substitutions and what is missing; run nothing")
     run.add_argument("--quiet", action="store_true", help="no progress bars")
     run.set_defaults(handler=cmd_run)
 

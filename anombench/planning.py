@@ -222,7 +222,10 @@ def _preflight(cells: list[PlannedCell]) -> None:
     for planned in cells:
         if planned.spec.name not in checked and isinstance(planned.method, Preflight):
             checked.add(planned.spec.name)
-            planned.method.preflight()
+            try:
+                planned.method.preflight()
+            except UserError as exc:
+                raise UserError(f"methods.{planned.spec.name}: {exc}") from None
 
 
 def _sharing_key(planned: PlannedCell) -> Any:

@@ -129,7 +129,8 @@ def pixel_auroc(vae: VAE, test) -> float:
 def test_smoke_training_loss_falls_and_defects_light_up() -> None:
     """An untrained VAE already scores extreme colours high (its output is flat grey), so learning must be shown
     against it: after 16 steps on 16 synthetic discs the defect pixels stand out far better."""
-    data = SyntheticDataset(categories=["disc"], image_size=64, n_train=16, n_test_good=4, n_test_defective=8)
+    data = SyntheticDataset(categories=["disc"], image_size=64, n_train=16, n_test_good=4, n_test_defective=8,
+                            defects=["scratch", "spot", "crack", "color", "missing"])  # the kinds a VAE sees in 16 steps
     train_split, test_split = data.train("disc", 0), data.test("disc", 0)
     train = [collate([train_split[i] for i in range(start, start + 8)]) for start in (0, 8)]
     test = collate([test_split[i] for i in range(len(test_split))])
