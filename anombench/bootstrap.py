@@ -633,6 +633,21 @@ def within_interval(value: float, interval: Sequence[float] | None) -> bool:
     return lo <= value <= hi
 
 
+def drops_outside_interval(run_dir: str | Path, baseline_dir: str | Path) -> list[str]:
+    """One line per figure of ``run_dir`` below the interval its baseline cell recorded (``--ci`` runs): a drop the
+    baseline's own uncertainty does not explain. Figures inside or above the interval are not listed."""
+    run, baseline = RunStore(run_dir).records, RunStore(baseline_dir).records
+    lines = []
+    for cell, base in baseline.items():
+        ours = (run.get(cell) or {}).get("metrics") or {}
+        for metric, interval in (base.get("intervals") or {}).items():
+            value = ours.get(metric)
+            if value is not None and value < interval[0]:
+                lines.append(f"{cell} {metric}: {value:.4f} is below the baseline's interval "
+                             f"[{interval[0]:.4f}, {interval[1]:.4f}]")
+    return lines
+
+
 def stored_summaries(run_dir: str | Path) -> dict[str, tuple[dict[str, Any], Path]]:
     """cell id -> (record, path of its ``bootstrap.npz``) for every finished cell of a run made with ``--ci``. Paths,
     not summaries: a whole run's summaries can take gigabytes, so comparisons load one class at a time."""

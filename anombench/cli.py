@@ -151,10 +151,27 @@ def cmd_compare(args: argparse.Namespace) -> int:
     tolerance = rtol if args.exact else parse_tolerance(args.tol or "0.005")
     result = compare_runs(args.run, args.baseline, tolerance, registry(), metrics, exact=args.exact)
     print(result.to_text())
+    _print_uncertainty(args)
     if result.failures:
         print(result.advice(), file=sys.stderr)
         return 1
     return 0
+
+
+def _print_uncertainty(args: argparse.Namespace) -> None:
+    """``--ci``: drops outside the baseline's intervals; ``--paired``: each shared cell's paired bootstrap of the
+    difference (runs made with ``anombench run --ci``, which keep bootstrap.npz per cell)."""
+    from anombench import bootstrap
+
+    if args.ci:
+        drops = bootstrap.drops_outside_interval(args.run, args.baseline)
+        print(f"outside the baseline's interval: {len(drops) or 'none'}")
+        print("\n".join(f"  {line}" for line in drops))
+    if args.paired:
+        results = bootstrap.compare_runs(args.run, args.baseline, args.level, args.resamples)
+        if not results:
+            print("paired: no cell has bootstrap.npz in both runs (make both with anombench run --ci 0.95)")
+        print("\n".join(result.text() for result in results))
 
 
 def cmd_list(args: argparse.Namespace) -> int:
@@ -336,6 +353,12 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--rtol", type=float,
                          help="relative tolerance of --exact (default 1e-5, from the measured run-to-run noise)")
     compare.add_argument("--metrics", help="comma-separated metrics to compare (default: all quality metrics)")
+    compare.add_argument("--ci", action="store_true",
+                         help="also list figures below the baseline's bootstrap interval (baseline run with --ci)")
+    compare.add_argument("--paired", action="store_true",
+                         help="paired bootstrap of RUN - BASELINE per class and for the means (both run with --ci)")
+    compare.add_argument("--level", type=float, default=0.95, help="--paired: confidence level (default 0.95)")
+    compare.add_argument("--resamples", type=int, default=1000, help="--paired: resamples (default 1000)")
     compare.set_defaults(handler=cmd_compare)
 
     listing = sub.add_parser("list", help="list registered methods, datasets and metrics",

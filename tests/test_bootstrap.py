@@ -20,6 +20,7 @@ from anombench.bootstrap import (
     compare_methods,
     compare_runs,
     describe,
+    drops_outside_interval,
     finest_exponent,
     grid_exponent,
     grid_keys,
@@ -382,3 +383,35 @@ def test_a_run_with_ci_stores_intervals_and_the_summaries_comparisons_read(tmp_p
     results = compare_methods(tmp_path / "run", "tight", "loose", 0.9, 200, 0)
     assert {(r.metric, r.scope) for r in results} == {(m, s) for m in ("pixel_auroc", "pro", "image_auroc")
                                                       for s in ("disc", "stripes", "mean")}
+
+
+def test_compare_cli_reports_paired_differences_and_drops_outside_the_baselines_interval(tmp_path, registry,
+                                                                                          capsys):
+    """``anombench compare RUN BASELINE --ci --paired`` on a --ci run against itself: every paired difference is 0
+    and no figure lies below its own interval; a baseline whose interval sits above a figure lists that figure."""
+    from anombench.cli import main
+    from anombench.runner import RunOptions, run_suite
+    from anombench.suite import build_suite
+
+    doc = {"name": "ci-cli", "datasets": {"synthetic": {"params": {"image_size": 32, "n_train": 6, "n_test_good": 4,
+                                                                   "n_test_defective": 4}, "categories": ["disc"]}},
+           "methods": {"tight": {"plugin": "pixel_gaussian", "params": {"min_std": 0.02}}},
+           "metrics": ["pixel_auroc", "pro", "image_auroc"], "run": {"batch_size": 4, "workers": 0},
+           "table": {"cell": ["pixel_auroc", "pro"]}}
+    options = RunOptions(show_progress=False, ci_level=0.9, ci_resamples=100)
+    run_suite(build_suite(doc, "t.yaml", registry), tmp_path / "run", options, registry=registry)
+    run = str(tmp_path / "run")
+    assert main(["compare", run, run, "--ci", "--paired", "--resamples", "100"]) == 0
+    out = capsys.readouterr().out
+    assert "outside the baseline's interval: none" in out
+    assert out.count("do not differ significantly") == 3  # pixel AUROC, PRO and image AUROC of the one class
+    cells = (tmp_path / "run" / "cells.jsonl").read_text().splitlines()
+    raised = [json.loads(line) for line in cells]
+    for record in raised:
+        record["intervals"]["pro"] = [record["metrics"]["pro"] + 0.01, 1.0]
+    baseline = tmp_path / "baseline"
+    baseline.mkdir()
+    (baseline / "cells.jsonl").write_text("".join(json.dumps(r) + "\n" for r in raised))
+    assert drops_outside_interval(run, baseline) == [
+        f"tight|synthetic|disc|0 pro: {raised[0]['metrics']['pro']:.4f} is below the baseline's interval "
+        f"[{raised[0]['metrics']['pro'] + 0.01:.4f}, 1.0000]"]
