@@ -30,7 +30,7 @@ from matplotlib.cm import ScalarMappable  # noqa: E402
 from matplotlib.colors import Normalize  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from anombench.report import RunTable, provenance_markdown, read_run_table  # noqa: E402
+from anombench.report import RunTable, paired_lines, provenance_markdown, read_run_table  # noqa: E402
 from anombench.results import RunStore, load_provenance  # noqa: E402
 from anombench.suite import TableSpec  # noqa: E402
 from anombench.tables import Footnotes, column_names, measurement_wide, table_notes, wide_table  # noqa: E402
@@ -325,6 +325,15 @@ def tables_html(table: RunTable) -> list[str]:
     return parts
 
 
+def _paired_html(run_dir: Path) -> list[str]:
+    """The paired comparisons of a ``--ci`` run's methods (report.paired_lines), or nothing."""
+    lines = paired_lines(run_dir)
+    if not lines:
+        return []
+    items = "".join(f"<li>{html.escape(line)}</li>" for line in lines)
+    return ['<h2 id="paired">Paired comparisons</h2>', f"<ul>{items}</ul>"]
+
+
 def render_html(run_dir: str | Path) -> str:
     run_dir = Path(run_dir)
     table = read_run_table(run_dir)
@@ -338,6 +347,7 @@ def render_html(run_dir: str | Path) -> str:
              "where all curves hug 1.0) and, per method, test images with the anomaly map in the jet colour scale "
              "over each (its colour bar gives the scores) and the ground truth outlined in white.</p>",
              *[f'<h3 id="{a}">{html.escape(h)}</h3>\n{body}' for a, h, body in sections],
+             *_paired_html(run_dir),
              '<h2 id="provenance">Provenance</h2>', _markdown_list_to_html(provenance_markdown(run_dir))]
     body = "\n".join(parts)
     title = html.escape(str(table.doc.get("name", "anombench report")))

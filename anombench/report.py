@@ -143,11 +143,33 @@ def provenance_markdown(run_dir: str | Path) -> str:
     return "\n".join(lines)
 
 
+def paired_lines(run_dir: str | Path) -> list[str]:
+    """For a run made with ``--ci``: every pair of its method variants compared on the same test images (paired
+    bootstrap of the difference, anombench.bootstrap), one line per metric for the mean over classes, or for the
+    class when the run has one. Empty for a run without ``bootstrap.npz``."""
+    from anombench.bootstrap import compare_methods, stored_summaries
+
+    stored = stored_summaries(run_dir)
+    methods = list(dict.fromkeys(record["method"] for record, _ in stored.values()))
+    info = load_provenance(run_dir)
+    level, resamples = info.get("ci") or 0.95, info.get("ci_resamples") or 1000
+    lines = []
+    for i, first in enumerate(methods):
+        for second in methods[i + 1:]:
+            results = compare_methods(run_dir, first, second, level, resamples)
+            one_class = {r.scope for r in results} - {"mean"}
+            lines += [r.text() for r in results if r.scope == "mean" or len(one_class) == 1]
+    return lines
+
+
 def report_markdown(run_dir: str | Path) -> str:
     run_dir = Path(run_dir)
     table = read_run_table(run_dir)
     title = f"# {table.doc.get('name', run_dir.name)}"
     description = str(table.doc.get("description") or "").strip()
     banner = banner_markdown(table.banners(load_provenance(run_dir).get("overrides") or []))
-    parts = [title, banner, description, tables_markdown(table), "## Provenance", provenance_markdown(run_dir)]
+    paired = paired_lines(run_dir)
+    comparisons = ["## Paired comparisons", "\n".join(f"- {line}" for line in paired)] if paired else []
+    parts = [title, banner, description, tables_markdown(table), *comparisons, "## Provenance",
+             provenance_markdown(run_dir)]
     return "\n\n".join(p for p in parts if p) + "\n"

@@ -383,6 +383,10 @@ def test_a_run_with_ci_stores_intervals_and_the_summaries_comparisons_read(tmp_p
     results = compare_methods(tmp_path / "run", "tight", "loose", 0.9, 200, 0)
     assert {(r.metric, r.scope) for r in results} == {(m, s) for m in ("pixel_auroc", "pro", "image_auroc")
                                                       for s in ("disc", "stripes", "mean")}
+    from anombench.report import report_markdown
+
+    paired = report_markdown(tmp_path / "run").split("## Paired comparisons")[1].split("## Provenance")[0]
+    assert paired.count("- synthetic/mean over 2 classes (seed 0): ") == 3  # one line per metric
 
 
 def test_compare_cli_reports_paired_differences_and_drops_outside_the_baselines_interval(tmp_path, registry,
