@@ -59,14 +59,30 @@ def context() -> BaseContext:
     ctx = multiprocessing.get_context("forkserver")
     plugins = [ep.value.split(":")[0] for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP)]
     ctx.set_forkserver_preload(["anombench.isolation", *dict.fromkeys(plugins)])
+    _start_server()
     return ctx
+
+
+def _start_server() -> None:
+    """Start the fork server (once) with PYTHONSAFEPATH set. It runs as ``python -c``, which puts the current
+    directory first on sys.path, and Python <= 3.12's fork server ignores the parent's sys.path: run from the folder
+    holding a clone named ``anombench``, the clone's folder would shadow the installed package in every child
+    (Python 3.11+ honours PYTHONSAFEPATH; it is set for the server's start only)."""
+    previous = os.environ.get("PYTHONSAFEPATH")
+    os.environ["PYTHONSAFEPATH"] = "1"
+    try:
+        forkserver.ensure_running()
+    finally:
+        if previous is None:
+            del os.environ["PYTHONSAFEPATH"]
+        else:
+            os.environ["PYTHONSAFEPATH"] = previous
 
 
 def warm_up() -> None:
     """Start the fork server now, so that its imports overlap with the run's planning instead of delaying the
     first job."""
     context()
-    forkserver.ensure_running()
 
 
 def _die_with_the_run(lifeline: Connection) -> None:
