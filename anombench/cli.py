@@ -220,17 +220,22 @@ def _dataset_params(items: list[str]) -> dict[str, object]:
 def _data_check(args: argparse.Namespace, factory: Callable[..., object]) -> int:
     """The dataset's own count table (if it has one), then every missing, extra or broken file (the first
     ``SHOWN_PROBLEMS``, then a count) through the dataset's ``check_files``; exit 1 if there is any."""
-    from anombench.api import ChecksFiles
+    from anombench.api import ChecksFiles, data_action, known_categories
 
     dataset = factory(root=args.root, **_dataset_params(args.param))  # a wrong root fails here, with a hint
     if not isinstance(dataset, ChecksFiles):
         raise UserError(f"dataset '{args.dataset}' offers no file check (anombench.api.ChecksFiles)")
-    check_files = dataset.check_files
-    table = getattr(factory, "check", None)
-    if callable(table):
+    table = data_action(factory, "check")
+    if table is not None:
         print(table(args.root))
-    categories = [c.strip() for c in args.categories.split(",")] if args.categories else dataset.categories()
-    problems = [line for category in categories for line in check_files(category, verify=args.verify, progress=True)]
+    if args.categories:
+        categories, problems = [c.strip() for c in args.categories.split(",")], []
+    else:  # the whole dataset: a class it defines but the copy lacks makes the copy incomplete
+        categories = dataset.categories()
+        problems = [f"missing category folder: {category}" for category in known_categories(dataset)
+                    if category not in categories]
+    problems += [line for category in categories
+                 for line in dataset.check_files(category, verify=args.verify, progress=True)]
     if problems:
         more = len(problems) - SHOWN_PROBLEMS
         print("\n".join(problems[:SHOWN_PROBLEMS] + ([f"... and {more} more problem(s)"] if more > 0 else [])))

@@ -154,6 +154,14 @@ def test_data_check_names_missing_extra_and_broken_files_and_exits_non_zero(tmp_
     assert "looks like a category folder: pass its parent" in capsys.readouterr().err
 
 
+def test_data_check_of_an_incomplete_copy_exits_non_zero(tmp_path, capsys):
+    """Without --categories the whole dataset is checked: the 14 MVTec AD classes a copy lacks are problems."""
+    make_mvtec_category(tmp_path, defects={"crack": 1})
+    assert main(["data", "check", "mvtec", "--root", str(tmp_path)]) == 1
+    out = capsys.readouterr().out
+    assert "missing category folder: carpet" in out and "missing category folder: bottle" not in out
+
+
 def test_data_check_verify_finds_a_truncated_image(tmp_path, capsys):
     folder = make_mvtec_category(tmp_path)
     path = folder / "test/crack/001.png"
