@@ -49,10 +49,10 @@ def _parse_data_roots(items: list[str]) -> dict[str, str]:
 
 def _check_data_names(roots: dict[str, str], suite: "Suite") -> None:
     """``--data NAME=PATH`` must name a dataset of the suite (alias or plugin): a typo is not silently dropped."""
-    known = {spec.alias for spec in suite.datasets} | {spec.plugin for spec in suite.datasets}
+    known = {spec.name for spec in suite.datasets} | {spec.plugin for spec in suite.datasets}
     unknown = [name for name in roots if name not in known]
     if unknown:
-        listed = ", ".join(spec.alias for spec in suite.datasets)
+        listed = ", ".join(spec.name for spec in suite.datasets)
         raise UserError(f"--data {unknown[0]}=...: '{unknown[0]}' is not a dataset of {suite.path}; its datasets: {listed}")
 
 
@@ -99,10 +99,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     # On Dask the GPUs are the workers', not the client's: only a local run needs CUDA here.
     device = args.device if args.executor == "dask" and args.device.startswith("cuda") else resolve_device(args.device)
     options = RunOptions(device=device, threads=args.threads, show_progress=not args.quiet,
-                         cell_timeout=_limit(args.cell_timeout, suite.cell_timeout, "cell-timeout"),
-                         max_memory_gb=_limit(args.max_memory_gb, suite.max_memory_gb, "max-memory-gb"),
-                         ci_level=_ci_level(args.ci if args.ci is not None else suite.ci),
-                         ci_resamples=args.ci_resamples if args.ci_resamples is not None else suite.ci_resamples)
+                         cell_timeout=_limit(args.cell_timeout, suite.run.cell_timeout, "cell-timeout"),
+                         max_memory_gb=_limit(args.max_memory_gb, suite.run.max_memory_gb, "max-memory-gb"),
+                         ci_level=_ci_level(args.ci if args.ci is not None else suite.run.ci),
+                         ci_resamples=args.ci_resamples if args.ci_resamples is not None else suite.run.ci_resamples)
     if args.executor == "dask":
         from anombench.distributed import dask_executor
         executor = dask_executor(args.scheduler, reg)

@@ -85,7 +85,7 @@ class Job:
 
     def describe(self) -> str:
         names = "+".join(c.spec.name for c in self.cells)
-        return f"{names}|{self.dataset.alias}|{self.category}|{self.seed}"
+        return f"{names}|{self.dataset.name}|{self.category}|{self.seed}"
 
 
 @dataclass(frozen=True)
@@ -114,7 +114,7 @@ def pick_settings(suite: Suite, options: RunOptions, cores: int) -> Settings:
     picks = {"batch_size": 32 if gpu else 16,
              "workers": min(8, max(1, cores // 2)) if gpu else (0 if cores <= 4 else 1)}
     picks["threads"] = max(1, cores - (0 if gpu else picks["workers"]))
-    given = {"batch_size": suite.batch_size, "workers": suite.workers, "threads": options.threads or suite.threads}
+    given = {"batch_size": suite.run.batch_size, "workers": suite.run.workers, "threads": options.threads or suite.run.threads}
     chosen = {key: picks[key] if given[key] is None else given[key] for key in picks}
     return Settings(**chosen, picked=tuple(key for key in picks if given[key] is None))
 
@@ -141,13 +141,13 @@ def resolve_categories(suite: Suite, datasets: dict[str, Dataset]) -> dict[str, 
     """Each dataset's categories to run: the suite's list, checked against what is on disk, or all of them."""
     categories_of = {}
     for spec in suite.datasets:
-        available = datasets[spec.alias].categories()
+        available = datasets[spec.name].categories()
         chosen = spec.categories if spec.categories is not None else available
         missing = [c for c in chosen if c not in available]
         if missing:
-            raise UserError(f"{suite.path}: datasets.{spec.alias}.categories: {missing} not available; "
+            raise UserError(f"{suite.path}: datasets.{spec.name}.categories: {missing} not available; "
                             f"available: {', '.join(available) or 'none'}")
-        categories_of[spec.alias] = chosen
+        categories_of[spec.name] = chosen
     return categories_of
 
 
@@ -157,7 +157,7 @@ Opened = tuple[dict[str, Dataset], dict[str, list[str]]]
 def open_datasets(suite: Suite, registry: Registry) -> Opened:
     """The suite's datasets and the categories to run of each: a missing dataset or category is a UserError here,
     before anything is written."""
-    datasets = {spec.alias: instantiate_dataset(spec, registry) for spec in suite.datasets}
+    datasets = {spec.name: instantiate_dataset(spec, registry) for spec in suite.datasets}
     check_reference_categories(suite, {name: known_categories(dataset) for name, dataset in datasets.items()})
     return datasets, resolve_categories(suite, datasets)
 
@@ -252,8 +252,8 @@ def plan(suite: Suite, registry: Registry, skip: set[str], options: RunOptions, 
     for item in planned:
         cell = item.cell
         groups.setdefault((cell.dataset, cell.category, cell.seed, _sharing_key(item)), []).append(item)
-    by_alias = {spec.alias: spec for spec in suite.datasets}
-    jobs = [Job(dataset=by_alias[members[0].cell.dataset], category=members[0].cell.category,
+    by_name = {spec.name: spec for spec in suite.datasets}
+    jobs = [Job(dataset=by_name[members[0].cell.dataset], category=members[0].cell.category,
                 family=datasets[members[0].cell.dataset].family(members[0].cell.category), seed=members[0].cell.seed,
                 cells=tuple(members), metrics=suite.metrics, settings=settings, options=options)
             for members in groups.values()]

@@ -173,7 +173,7 @@ def new_result(job: Job, planned: PlannedCell, peers: Sequence[str] = ()) -> Cel
     """A cell's result before its figures: who, where, with whom it shared an extraction."""
     spec = planned.spec
     return CellResult(cell=planned.cell.id, method=spec.name, plugin=spec.plugin, params=spec.params,
-                      label=planned.label, substituted=planned.substituted, dataset=job.dataset.alias,
+                      label=planned.label, substituted=planned.substituted, dataset=job.dataset.name,
                       category=job.category, family=job.family, seed=job.seed,
                       shared_features_with=[p for p in peers if p != spec.name], finished_at=now())
 

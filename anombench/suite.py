@@ -82,11 +82,6 @@ class DatasetSpec:
     params: dict[str, Any]
     categories: list[str] | None
 
-    @property
-    def alias(self) -> str:
-        """The former name of ``name`` (kept while callers move over)."""
-        return self.name
-
 
 @dataclass(frozen=True)
 class MethodSpec:
@@ -125,34 +120,6 @@ class Suite:
     reference: dict[str, Any]
     source: dict[str, Any]
     overrides: tuple[str, ...] = ()
-
-    @property
-    def batch_size(self) -> int | None:
-        return self.run.batch_size
-
-    @property
-    def workers(self) -> int | None:
-        return self.run.workers
-
-    @property
-    def threads(self) -> int | None:
-        return self.run.threads
-
-    @property
-    def cell_timeout(self) -> float | None:
-        return self.run.cell_timeout
-
-    @property
-    def max_memory_gb(self) -> float | None:
-        return self.run.max_memory_gb
-
-    @property
-    def ci(self) -> float | None:
-        return self.run.ci
-
-    @property
-    def ci_resamples(self) -> int:
-        return self.run.ci_resamples
 
     def sha256(self) -> str:
         return hashlib.sha256(yaml.safe_dump(self.source, sort_keys=True).encode()).hexdigest()

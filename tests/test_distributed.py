@@ -150,7 +150,7 @@ def one_cell_job(registry: Registry, dataset: DatasetSpec, category: str, device
                  workers: int = 0) -> Job:
     """A job of one pixel_gaussian cell, as planning makes it (the method built on the client, unfitted)."""
     spec = MethodSpec("pg", "pixel_gaussian", {})
-    planned = PlannedCell(Cell("pg", dataset.alias, category, 0), spec, "pg", False,
+    planned = PlannedCell(Cell("pg", dataset.name, category, 0), spec, "pg", False,
                           instantiate_method(spec, 0, "cpu", registry))
     return Job(dataset=dataset, category=category, family="object", seed=0, cells=(planned,),
                metrics={"pixel_auroc": {}}, settings=Settings(batch_size=4, workers=workers, threads=0),

@@ -77,7 +77,7 @@ def table_keys(suite: Suite) -> set[str]:
     'mvtec:all', when the suite spans several datasets)."""
     several = len(suite.datasets) > 1
     categories = {c for spec in suite.datasets for c in paper_categories(spec.plugin)}
-    return categories | {aggregate_label(a, spec.alias, several) for spec in suite.datasets
+    return categories | {aggregate_label(a, spec.name, several) for spec in suite.datasets
                          for a in suite.table.aggregates}
 
 
@@ -96,12 +96,12 @@ def reference_figures(suite: Suite) -> list[tuple[str, str, list[Any], bool]]:
 
 
 def paper_grid(suite: Suite) -> list[Cell]:
-    return expand(suite, {spec.alias: paper_categories(spec.plugin) for spec in suite.datasets})
+    return expand(suite, {spec.name: paper_categories(spec.plugin) for spec in suite.datasets})
 
 
 def fake_cells(suite: Suite) -> pd.DataFrame:
     """One finished cell per grid point, every metric 0.5: enough to lay the table out around the references."""
-    plugin_of = {spec.alias: spec.plugin for spec in suite.datasets}
+    plugin_of = {spec.name: spec.plugin for spec in suite.datasets}
     return pd.DataFrame([
         {"method": cell.method, "dataset": cell.dataset, "category": cell.category, "seed": cell.seed,
          "family": category_group(plugin_of[cell.dataset], cell.category), "status": "ok",
@@ -163,7 +163,7 @@ def test_grid_has_the_papers_number_of_cells(name, registry):
 @pytest.mark.parametrize("name", PAPER_TABLES)
 def test_rendered_table_shows_every_reference_figure_beside_ours(name, registry):
     suite = load_paper_suite(name, registry)
-    long = long_table(fake_cells(suite), suite.table, suite.reference, [spec.alias for spec in suite.datasets])
+    long = long_table(fake_cells(suite), suite.table, suite.reference, [spec.name for spec in suite.datasets])
     scale = 100.0 if suite.table.percent else 1.0
     for method, category, values, only in reference_figures(suite):
         for metric, value in zip(suite.table.cell, values):

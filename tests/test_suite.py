@@ -37,8 +37,8 @@ def test_valid_suite_builds(registry):
     assert [m.name for m in suite.methods] == ["pg"]
     assert suite.metrics == {"image_auroc": {}}
     assert suite.seeds == [0]
-    assert (suite.batch_size, suite.workers, suite.threads) == (None, None, None)  # the runner picks
-    assert (suite.cell_timeout, suite.max_memory_gb, suite.ci, suite.ci_resamples) == (None, None, None, 1000)
+    assert (suite.run.batch_size, suite.run.workers, suite.run.threads) == (None, None, None)  # the runner picks
+    assert (suite.run.cell_timeout, suite.run.max_memory_gb, suite.run.ci, suite.run.ci_resamples) == (None, None, None, 1000)
 
 
 def test_unknown_method_plugin_lists_registered(registry):
@@ -113,7 +113,7 @@ def test_overrides_shorthands_and_dotted_paths(tmp_path, registry):
                                         "methods.pg.params.min_std=0.2", "seeds=[1, 2]"])
     assert suite.datasets[0].categories == ["stripes", "plate"]
     assert suite.datasets[0].params["image_size"] == 48
-    assert suite.batch_size == 4 and suite.seeds == [1, 2]
+    assert suite.run.batch_size == 4 and suite.seeds == [1, 2]
     assert suite.methods[0].params["min_std"] == 0.2
 
 
@@ -150,7 +150,7 @@ def test_run_shorthands_reach_the_run_block(tmp_path, registry):
     path.write_text(yaml.safe_dump(base_doc()))
     suite = load_suite(path, registry, ["threads=2", "cell_timeout=20", "max_memory_gb=3", "ci=0.95",
                                         "ci_resamples=200", "workers=0"])
-    assert (suite.threads, suite.cell_timeout, suite.max_memory_gb, suite.ci, suite.ci_resamples, suite.workers) \
+    assert (suite.run.threads, suite.run.cell_timeout, suite.run.max_memory_gb, suite.run.ci, suite.run.ci_resamples, suite.run.workers) \
         == (2, 20, 3, 0.95, 200, 0)
     with pytest.raises(UserError, match=r"s.yaml: run.ci: must be in \(0, 1\), got 2"):
         load_suite(path, registry, ["ci=2"])
@@ -248,7 +248,7 @@ def test_reference_categories_are_checked_against_the_datasets(registry):
 
 def test_dataset_and_method_entries_are_both_named_by_name(registry):
     suite = build_suite(base_doc(), "s.yaml", registry)
-    assert suite.datasets[0].name == "synthetic" == suite.datasets[0].alias and suite.methods[0].name == "pg"
+    assert suite.datasets[0].name == "synthetic" and suite.methods[0].name == "pg"
 
 
 def test_a_plugin_class_without_init_takes_no_parameters(register_plugin):
