@@ -31,6 +31,12 @@ Value constraints sit next to the annotation, with ``typing.Annotated``; the hos
 Constraints that tie two parameters together (``crop_size <= image_size``) stay in the plugin: a method checks them
 in ``preflight()`` (``anombench.api.Preflight``), which the host calls before any cell runs.
 
+The same markers hold outside a suite. A method's constructor stores its arguments and checks nothing (the
+scikit-learn rule); its ``preflight()`` and the start of its fit call ``check_config(self)``, so ``PaDiM(eps=0)``
+built in Python fails with ``PaDiM parameter eps: must be > 0, got 0`` before any work. A constructor that works
+at once (a dataset scanning its files) calls ``check_arguments(Factory, {"image_size": image_size})`` first.
+``PositiveInt`` (>= 1) and ``PositiveFloat`` (> 0) name the two commonest constraints.
+
 A plugin class that defines no ``__init__`` takes no parameters: any key under its ``params`` is an error. A
 factory with ``**kwargs`` accepts unknown keys (it says so by its signature).
 
@@ -42,7 +48,7 @@ from __future__ import annotations
 
 import collections.abc
 import inspect
-import math
+import numbers
 import types
 import typing
 from dataclasses import dataclass
@@ -71,11 +77,11 @@ class Range(Constraint):
     hi_open: bool = False
 
     def problem(self, value: Any) -> str | None:
-        if not isinstance(value, (int, float)) or isinstance(value, bool):
+        if not isinstance(value, numbers.Real) or isinstance(value, bool):
             return None  # the type check reports it
         too_low = self.lo is not None and (value <= self.lo if self.lo_open else value < self.lo)
         too_high = self.hi is not None and (value >= self.hi if self.hi_open else value > self.hi)
-        if too_low or too_high or (isinstance(value, float) and math.isnan(value)):
+        if too_low or too_high or value != value:  # NaN, whatever its type (no float conversion)
             return f"must be {self}, got {value!r}"
         return None
 
@@ -103,6 +109,8 @@ class Length(Constraint):
         return None
 
     def __str__(self) -> str:
+        if self.lo is not None and self.lo == self.hi:
+            return f"exactly {self.lo}"
         if self.lo is not None and self.hi is not None:
             return f"{self.lo} to {self.hi}"
         return f"at least {self.lo}" if self.lo is not None else f"at most {self.hi}"
@@ -117,6 +125,10 @@ class Check(Constraint):
 
     def problem(self, value: Any) -> str | None:
         return None if self.predicate(value) else f"must be {self.description}, got {value!r}"
+
+
+PositiveInt = Annotated[int, Range(1, None)]  # a count: 1, 2, ...
+PositiveFloat = Annotated[float, Range(0, None, lo_open=True)]  # a number > 0
 
 
 def signature_parameters(factory: Callable[..., Any]) -> dict[str, inspect.Parameter]:
@@ -145,6 +157,12 @@ def _hints(factory: Callable[..., Any]) -> dict[str, Any]:
         except Exception:  # unresolvable annotations: try the next place, else check no types rather than refuse
             continue
     return {}
+
+
+def _schema(factory: Callable[..., Any]) -> dict[str, Any]:
+    """Each parameter's annotation (``Annotated`` constraints kept; the bare one where hints cannot be resolved)."""
+    hints = _hints(factory)
+    return {name: hints.get(name, p.annotation) for name, p in _parameters(factory).items()}
 
 
 def accepts_kwargs(factory: Callable[..., Any]) -> bool:
@@ -179,10 +197,10 @@ def _type_fits(value: Any, annotation: Any) -> bool:
         return isinstance(value, (list, tuple)) and (not args or all(_type_fits(v, args[0]) for v in value))
     if origin is dict:
         return isinstance(value, dict)
-    if annotation is float:
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if annotation is float:  # numpy scalars too (a Python caller's values need not come from YAML)
+        return isinstance(value, numbers.Real) and not isinstance(value, bool)
     if annotation is int:
-        return isinstance(value, int) and not isinstance(value, bool)
+        return isinstance(value, numbers.Integral) and not isinstance(value, bool)
     if isinstance(annotation, type):
         return isinstance(value, annotation)
     return True
@@ -239,7 +257,7 @@ def validate(where: str, factory: Callable[..., Any], params: dict[str, Any], hi
     key is in the error ("parameter", or "key" for the suite's own blocks).
     """
     known = _parameters(factory)
-    hints = _hints(factory)
+    schema = _schema(factory)
     open_ended = accepts_kwargs(factory)
     for key, value in params.items():
         if key in hidden:
@@ -249,7 +267,7 @@ def validate(where: str, factory: Callable[..., Any], params: dict[str, Any], hi
                 continue
             allowed = ", ".join(allowed_parameters(factory, hidden)) or "none"
             raise UserError(f"{where}.{key}: unknown {noun}; allowed: {allowed}")
-        found = problem(value, hints.get(key, known[key].annotation))
+        found = problem(value, schema[key])
         if found:
             raise UserError(f"{where}.{key}: {found}")
     missing = [name for name, p in known.items()
@@ -277,3 +295,29 @@ def config_of(obj: object, factory: Callable[..., Any] | None = None,
                             f"config_of needs every parameter stored under its own name") from None
         config[name] = list(value) if isinstance(value, tuple) else value
     return config
+
+
+def check_arguments(factory: Callable[..., Any], arguments: dict[str, Any], where: str | None = None) -> None:
+    """Check values passed to ``factory`` against its signature (types, ``Annotated`` constraints): a one-line
+    UserError such as ``synthetic parameter image_size: must be >= 32, got 16`` for the first that does not fit.
+
+    ``arguments`` maps parameter names of ``factory`` to values; ``where`` names the plugin in the error (default
+    the factory's name). For a constructor that works at once, before it keeps its arguments (a dataset).
+    """
+    schema = _schema(factory)
+    for key, value in arguments.items():
+        found = problem(value, schema[key])
+        if found:
+            raise UserError(f"{where or factory.__name__} parameter {key}: {found}")
+
+
+def check_config(obj: object, where: str | None = None) -> None:
+    """Check an object's stored configuration (``config_of(obj)``) against its own class's signature, as a suite
+    is checked when it loads: a one-line UserError such as ``PaDiM parameter eps: must be > 0, got 0``.
+
+    Why: a constructor stores its arguments and checks nothing (scikit-learn's rule: parameters are validated at
+    fit, not in ``__init__``), so a method built in Python rather than from a suite calls this in ``preflight()``
+    and when its fit begins, and the signature's markers hold there too. ``where`` names the plugin in the error
+    (default the class name).
+    """
+    check_arguments(type(obj), config_of(obj), where or type(obj).__name__)

@@ -9,6 +9,7 @@ and the joint model's: the runner extracts Table I's five variants with one ResN
 from __future__ import annotations
 
 from anombench import hookimpl
+from anombench.params import PositiveFloat, PositiveInt
 from anombench_plugins.backbones import LayerSpec
 from anombench_plugins.padim_head import PadimMethod, Reduction
 
@@ -21,7 +22,7 @@ class PaDiMLayerEnsemble(PadimMethod):
     NAME = "padim_layer_ensemble"
 
     def __init__(self, backbone: str = "resnet18", layers: list[LayerSpec] | None = None, weights: str = "imagenet",
-                 reduction: Reduction = "none", n_features: int | None = None, eps: float = 0.01,
+                 reduction: Reduction = "none", n_features: PositiveInt | None = None, eps: PositiveFloat = 0.01,
                  device: str = "cpu", seed: int = 0) -> None:
         self.backbone, self.layers, self.weights = backbone, layers, weights
         self.reduction, self.n_features, self.eps = reduction, n_features, eps

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
+from typing import Annotated
 
 import numpy as np
 
@@ -31,6 +32,7 @@ from anombench import hookimpl
 from anombench.api import Family
 from anombench.errors import UserError
 from anombench.hookspecs import Register
+from anombench.params import Range, check_arguments
 from anombench_plugins.datacheck import FilePreflight
 from anombench_plugins.imagefiles import (
     FileSplit,
@@ -67,7 +69,7 @@ class Folder(FilePreflight):
         abnormal_dirs: str | list[str] | None = None,
         mask_dir: str | None = None,
         normal_test_dir: str | None = None,
-        normal_split_ratio: float = 0.2,
+        normal_split_ratio: Annotated[float, Range(0, 1, hi_open=True)] = 0.2,
         image_size: int | None = 256,
         crop_size: int | None = 224,
         category: str | None = None,
@@ -78,8 +80,7 @@ class Folder(FilePreflight):
         self.root = Path(root).expanduser()
         if not self.root.is_dir():
             raise UserError(f"folder dataset root {self.root} does not exist")
-        if not 0 <= normal_split_ratio < 1:
-            raise UserError(f"normal_split_ratio must be in [0, 1), got {normal_split_ratio}")
+        check_arguments(Folder, {"normal_split_ratio": normal_split_ratio}, "folder")
         self.normal_dir, self.mask_dir, self.normal_test_dir = normal_dir, mask_dir, normal_test_dir
         self.abnormal_dirs = [abnormal_dirs] if isinstance(abnormal_dirs, str) else list(abnormal_dirs or [])
         self.ratio = normal_split_ratio

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Annotated, Any, ClassVar
 
 import numpy as np
 import torch
@@ -36,10 +36,13 @@ from scipy import ndimage
 from anombench import hookimpl
 from anombench.api import Batch, Resources, Scores, UndefinedMetric
 from anombench.errors import UserError
+from anombench.params import PositiveInt, Range, check_arguments
 
 DEFAULT_MAX_FPR = 0.3
 DEFAULT_PIXEL_BUDGET = 2**24  # 16.8 M pixels: every MVTec AD category stays exact (the largest has 10.9 M)
 DEFAULT_BINS = 2**20
+MaxFpr = Annotated[float, Range(0, 1, lo_open=True)]  # PRO's FPR limit: in (0, 1]
+PixelBudget = Annotated[int, Range(0, None)]  # 0: always binned
 TAIL_MANTISSA_BITS = 10  # out-of-range bins have a relative width of 2**-10 of their distance to the range
 BOUND_WARNING = 1e-4
 CURVE_POINTS = 1000
@@ -271,9 +274,9 @@ def pro_curve(maps: np.ndarray, masks: np.ndarray) -> tuple[np.ndarray, np.ndarr
     return pro_curve_from(bins, n_regions)
 
 
-def pro_score(maps: np.ndarray, masks: np.ndarray, max_fpr: float = DEFAULT_MAX_FPR) -> float:
+def pro_score(maps: np.ndarray, masks: np.ndarray, max_fpr: MaxFpr = DEFAULT_MAX_FPR) -> float:
     """The official PRO: area under ``pro_curve`` up to ``max_fpr``, divided by ``max_fpr``; a fraction."""
-    _check_max_fpr(max_fpr, "max_fpr")
+    check_arguments(pro_score, {"max_fpr": max_fpr})
     bins, n_regions = _pro_bins(*validated_pixels(maps, masks))
     return pro_from_bins(bins, n_regions, max_fpr)[0]
 
@@ -458,18 +461,6 @@ class PixelStream:
 # Metric plugins
 
 
-def _check_stream_params(metric: str, pixel_budget: int, bins: int) -> None:
-    if pixel_budget < 0:
-        raise UserError(f"{metric}: parameter pixel_budget must be >= 0, got {pixel_budget}")
-    if bins < 1:
-        raise UserError(f"{metric}: parameter bins must be >= 1, got {bins}")
-
-
-def _check_max_fpr(max_fpr: float, where: str) -> None:
-    if not 0.0 < max_fpr <= 1.0:
-        raise UserError(f"{where} must be in (0, 1], got {max_fpr}")
-
-
 def _warn_if_loose(metric: str, bound: float) -> None:
     if bound > BOUND_WARNING:
         warnings.warn(f"{metric}: the binned value is only guaranteed to within {bound:.2g} (> {BOUND_WARNING}); "
@@ -483,7 +474,7 @@ class _PixelMetric:
     higher_is_better = True  # a quality figure: `anombench compare` gates on it
 
     def __init__(self, metric: str, regions: bool, pixel_budget: int, bins: int) -> None:
-        _check_stream_params(metric, pixel_budget, bins)
+        check_arguments(type(self), {"pixel_budget": pixel_budget, "bins": bins}, metric)  # the metric's signature
         self._stream = PixelStream(regions=regions, pixel_budget=pixel_budget, bins=bins)
         self.error_bound = 0.0
         self._curve: tuple[np.ndarray, np.ndarray] | None = None
@@ -506,7 +497,7 @@ class PixelAUROC(_PixelMetric):
     ``compute``) is the guaranteed maximum |error| (see the module docstring). ``curve()`` gives (FPR, TPR).
     """
 
-    def __init__(self, pixel_budget: int = DEFAULT_PIXEL_BUDGET, bins: int = DEFAULT_BINS) -> None:
+    def __init__(self, pixel_budget: PixelBudget = DEFAULT_PIXEL_BUDGET, bins: PositiveInt = DEFAULT_BINS) -> None:
         super().__init__("pixel_auroc", regions=False, pixel_budget=pixel_budget, bins=bins)
 
     def compute(self, resources: Resources) -> float:
@@ -524,9 +515,9 @@ class PRO(_PixelMetric):
     ``curve()`` gives (FPR, PRO) up to ``max_fpr``.
     """
 
-    def __init__(self, max_fpr: float = DEFAULT_MAX_FPR, pixel_budget: int = DEFAULT_PIXEL_BUDGET,
-                 bins: int = DEFAULT_BINS) -> None:
-        _check_max_fpr(max_fpr, "pro: parameter max_fpr")
+    def __init__(self, max_fpr: MaxFpr = DEFAULT_MAX_FPR, pixel_budget: PixelBudget = DEFAULT_PIXEL_BUDGET,
+                 bins: PositiveInt = DEFAULT_BINS) -> None:
+        check_arguments(PRO, {"max_fpr": max_fpr}, "pro")
         super().__init__("pro", regions=True, pixel_budget=pixel_budget, bins=bins)
         self.max_fpr = float(max_fpr)
 

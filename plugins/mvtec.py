@@ -36,6 +36,7 @@ import hashlib
 import logging
 from dataclasses import astuple, dataclass
 from pathlib import Path
+from typing import Annotated
 
 import numpy as np
 from PIL import Image
@@ -44,6 +45,7 @@ from anombench import hookimpl
 from anombench.api import Family
 from anombench.errors import UserError
 from anombench.hookspecs import Register
+from anombench.params import Range, check_arguments
 from anombench_plugins.datafetch import fetch_archive
 from anombench_plugins.datacheck import FilePreflight
 from anombench_plugins.imagefiles import (
@@ -346,14 +348,13 @@ class RdMVTecAD(MVTecAD):
         root: str | None = None,
         image_size: int = 256,
         crop_size: int = 224,
-        max_degrees: float = 10.0,
+        max_degrees: Annotated[float, Range(0, 180)] = 10.0,
         families: dict[str, str] | None = None,
     ) -> None:
         if image_size is None or crop_size is None:
             raise UserError("rd_mvtec rotates and crops at a fixed size: image_size and crop_size cannot be null")
         super().__init__(root=root, image_size=image_size, crop_size=crop_size, families=families)
-        if not 0 <= max_degrees <= 180:
-            raise UserError(f"max_degrees must be between 0 and 180, got {max_degrees}")
+        check_arguments(RdMVTecAD, {"max_degrees": max_degrees}, "rd_mvtec")
         self.max_degrees = max_degrees
 
     def _transform(self, category: str, seed: int, split: str) -> PairTransform:

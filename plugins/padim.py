@@ -15,6 +15,7 @@ seeded Rd draw is made in ``fit_begin``; ``feature_key`` and ``preflight`` need 
 from __future__ import annotations
 
 from anombench import hookimpl
+from anombench.params import PositiveFloat, PositiveInt
 from anombench_plugins.backbones import LayerSpec
 from anombench_plugins.padim_head import PadimHead, PadimMethod, Reduction
 
@@ -31,7 +32,7 @@ class PaDiM(PadimMethod):
     NAME = "PaDiM"
 
     def __init__(self, backbone: str = "resnet18", layers: list[LayerSpec] | None = None, weights: str = "imagenet",
-                 reduction: Reduction = "random", n_features: int | None = None, eps: float = 0.01,
+                 reduction: Reduction = "random", n_features: PositiveInt | None = None, eps: PositiveFloat = 0.01,
                  device: str = "cpu", seed: int = 0) -> None:
         self.backbone, self.layers, self.weights = backbone, layers, weights
         self.reduction, self.n_features, self.eps = reduction, n_features, eps

@@ -3,8 +3,9 @@ distances), and ``PadimMethod``, the skeleton PaDiM and its layer ensemble share
 feeding heads, map = sum of the heads' maps, bicubic upsampling + Gaussian filter, image score = max.
 
 A head's shape is known from configuration alone (``head_dims``: channel counts come from the backbone table), so
-``preflight`` checks ``n_features`` without building anything; the heads themselves, and their seeded Rd draw,
-are made in ``fit_begin``.
+``preflight`` checks ``n_features`` against the layers' channels without building anything; the heads themselves,
+and their seeded Rd draw, are made in ``fit_begin``. Each parameter's own range (``eps`` > 0, ``n_features`` >= 1)
+is a marker in the methods' signatures, checked first by ``anombench.params.check_config``.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import torch
 
 from anombench.api import Batch, NotFitted, Scores
 from anombench.errors import UserError
+from anombench.params import check_config
 from anombench_plugins.backbones import FeatureMaps, LayerSpec
 from anombench_plugins.components import PretrainedExtraction, PretrainedFeatures, anomaly_maps, max_scores
 from anombench_plugins.modelfile import build_from_config, config_of, read_model_file, write_model_file
@@ -32,7 +34,6 @@ from anombench_plugins.padim_stats import (
 )
 
 Reduction = Literal["random", "pca", "none"]
-REDUCTIONS = ("random", "pca", "none")
 PAPER_N_FEATURES = {"resnet18": 100, "wide_resnet50_2": 550}  # Rd-100 and Rd-550; other backbones keep all
 MEMORY_FRACTION = 0.8  # of the available RAM the float64 fit statistics may take
 # float64 statistics up to this size are streamed from the first image (R18-Rd100: 0.15 GB, Lite0-all176:
@@ -190,22 +191,19 @@ def paper_n_features(backbone: str, reduction: Reduction, n_features: int | None
     return min(PAPER_N_FEATURES.get(backbone, total), total)
 
 
-def head_dims(method: str, backbone: str, layers: list[str], channels: dict[str, int], reduction: str,
-              n_features: int | None, eps: float) -> tuple[int, int]:
+def head_dims(method: str, backbone: str, layers: list[str], channels: dict[str, int], reduction: Reduction,
+              n_features: int | None) -> tuple[int, int]:
     """(channels of ``layers``, the head's dimension after reduction), or a one-line UserError naming ``method``'s
-    parameter and the allowed values. Pure arithmetic on the backbone table: nothing is built."""
+    parameter: the rules that tie ``n_features`` to ``reduction`` and to the layers' channels (the signature's
+    markers hold each parameter's own range). Pure arithmetic on the backbone table: nothing is built."""
     total = sum(channels[name] for name in layers)
-    if reduction not in REDUCTIONS:
-        raise UserError(f"{method} parameter reduction='{reduction}' is not one of {', '.join(REDUCTIONS)}")
     if reduction == "none" and n_features not in (None, total):
         raise UserError(f"{method} parameter n_features={n_features} needs reduction 'random' or 'pca'")
     k = paper_n_features(backbone, reduction, n_features, total)
     k = total if k is None else k
-    if not 1 <= k <= total:
-        raise UserError(f"{method} parameter n_features={n_features} must be in 1..{total} (the channels of "
+    if k > total:
+        raise UserError(f"{method} parameter n_features={n_features} must be at most {total} (the channels of "
                         f"{backbone} {', '.join(layers)})")
-    if not eps > 0:
-        raise UserError(f"{method} parameter eps={eps} must be > 0 (it keeps every covariance invertible)")
     return total, k
 
 
@@ -247,10 +245,12 @@ class PadimMethod(PretrainedExtraction):
         raise NotImplementedError
 
     def head_shapes(self) -> list[tuple[list[str], int, int]]:
-        """(layers, channels, dimension) of each head, checked (one-line UserErrors), from configuration alone."""
+        """(layers, channels, dimension) of each head, from configuration alone, after checking it (the signature's
+        markers, then ``head_dims``): one-line UserErrors, in ``preflight`` and again when the fit begins."""
+        check_config(self, self.NAME)
         channels = self.features.channels
-        return [(layers, *head_dims(self.NAME, self.backbone, layers, channels, self.reduction, self.n_features,
-                                    self.eps)) for layers in self.head_layers()]
+        return [(layers, *head_dims(self.NAME, self.backbone, layers, channels, self.reduction, self.n_features))
+                for layers in self.head_layers()]
 
     def preflight(self) -> None:
         """Unknown backbone or layer, missing weights file, out-of-range ``n_features``/``eps``/``reduction``: one

@@ -34,13 +34,13 @@ import torch
 from anombench import hookimpl
 from anombench.api import Batch, NotFitted, Scores
 from anombench.errors import UserError
+from anombench.params import PositiveFloat, PositiveInt, check_config
 from anombench_plugins.backbones import FeatureMaps, LayerSpec, backbone_spec, resolve_layers
 from anombench_plugins.components import PretrainedExtraction, PretrainedFeatures, bilinear_mean_map
 from anombench_plugins.modelfile import build_from_config, config_of, read_model_file, write_model_file
 
 KIND = "anombench.spade"  # the model file's metadata tag
 IndexKind = Literal["flat", "ivf", "hnsw"]
-INDEX_KINDS = ("flat", "ivf", "hnsw")
 POOLED_LAYER = {"resnet": "layer4", "efficientnet": "blocks.6"}  # the last stage of each family
 MIN_POINTS_PER_LIST = 39  # faiss warns below this many training vectors per IVF centroid
 
@@ -269,10 +269,10 @@ class SPADE(PretrainedExtraction):
     model: SpadeModel | None = None  # the fitted state
 
     def __init__(self, backbone: str = "wide_resnet50_2", layers: list[LayerSpec] | None = None,
-                 pooled_layer: LayerSpec | None = None, weights: str = "imagenet", k: int = 50,
-                 sigma: float = 4.0, index: IndexKind = "flat", nlist: int | None = None, nprobe: int = 8,
-                 hnsw_m: int = 32, ef_construction: int = 40, ef_search: int = 128,
-                 device: str = "cpu", seed: int = 0) -> None:
+                 pooled_layer: LayerSpec | None = None, weights: str = "imagenet", k: PositiveInt = 50,
+                 sigma: PositiveFloat = 4.0, index: IndexKind = "flat", nlist: PositiveInt | None = None,
+                 nprobe: PositiveInt = 8, hnsw_m: PositiveInt = 32, ef_construction: PositiveInt = 40,
+                 ef_search: PositiveInt = 128, device: str = "cpu", seed: int = 0) -> None:
         self.backbone, self.layers, self.pooled_layer, self.weights = backbone, layers, pooled_layer, weights
         self.k, self.sigma, self.index, self.nlist, self.nprobe = k, sigma, index, nlist, nprobe
         self.hnsw_m, self.ef_construction, self.ef_search = hnsw_m, ef_construction, ef_search
@@ -306,15 +306,14 @@ class SPADE(PretrainedExtraction):
                     ef_search=self.ef_search)
 
     def preflight(self) -> None:
-        """Bad values, unknown backbone or layer, missing weights file: one line each, nothing built."""
-        check_spade_params(self.k, self.sigma, self.index, self.nlist, self.nprobe, self.hnsw_m,
-                           self.ef_construction, self.ef_search)
+        """Bad values (the signature's markers), unknown backbone or layer, missing weights file: one line each,
+        nothing built."""
+        check_config(self)
         self.features.preflight()
 
     # SharesFeatures (fit and score_maps are these steps composed, by the mixin)
     def fit_begin(self) -> None:
-        check_spade_params(self.k, self.sigma, self.index, self.nlist, self.nprobe, self.hnsw_m,
-                           self.ef_construction, self.ef_search)
+        check_config(self)
         self.bank, self.model = FeatureBank(self.patch_taps, self.pooled_tap), None
 
     def fit_step(self, features: FeatureMaps) -> None:
@@ -359,21 +358,6 @@ class SPADE(PretrainedExtraction):
         method = build_from_config(path, cls, config, device=device)
         method.model = SpadeModel.from_state(state, method.patch_taps, method.k, method.index_params)
         return method
-
-
-def check_spade_params(k: int, sigma: float, index: str, nlist: int | None, nprobe: int, hnsw_m: int,
-                       ef_construction: int, ef_search: int) -> None:
-    """One-line UserErrors for values the method cannot run with."""
-    if index not in INDEX_KINDS:
-        raise UserError(f"SPADE parameter index='{index}' is not one of {', '.join(INDEX_KINDS)}")
-    if sigma <= 0:
-        raise UserError(f"SPADE parameter sigma={sigma} must be > 0")
-    counts = dict(k=k, nprobe=nprobe, hnsw_m=hnsw_m, ef_construction=ef_construction, ef_search=ef_search)
-    if nlist is not None:
-        counts["nlist"] = nlist
-    for name, value in counts.items():
-        if value < 1:
-            raise UserError(f"SPADE parameter {name}={value} must be >= 1")
 
 
 @hookimpl

@@ -40,6 +40,7 @@ from anombench import hookimpl
 from anombench.api import Family
 from anombench.errors import UserError
 from anombench.hookspecs import Register
+from anombench.params import PositiveInt, check_arguments
 from anombench_plugins.datafetch import fetch_archive
 from anombench_plugins.datacheck import FilePreflight
 from anombench_plugins.imagefiles import (
@@ -122,20 +123,16 @@ def _mask_stack(path: Path, what: str, clip: Path) -> np.ndarray:
         raise UserError(f"cannot read {what} {path}: {exc}") from None
 
 
-def _check_stride(name: str, value: int) -> None:
-    if value < 1:
-        raise UserError(f"{name} must be a positive integer, got {value}")
-
-
 class ShanghaiTechCampus(FilePreflight):
     """STC: per scene, train on normal surveillance frames, test on frames with pixel-level anomaly masks."""
 
     def __init__(
-        self, root: str | None = None, image_size: int = 256, frame_stride: int = 1, test_frame_stride: int = 1
+        self, root: str | None = None, image_size: int = 256, frame_stride: PositiveInt = 1,
+        test_frame_stride: PositiveInt = 1,
     ) -> None:
         check_sizes(image_size, None)
-        _check_stride("frame_stride", frame_stride)
-        _check_stride("test_frame_stride", test_frame_stride)
+        check_arguments(ShanghaiTechCampus, {"frame_stride": frame_stride, "test_frame_stride": test_frame_stride},
+                        "stc")
         self.root = resolve_root(root, ENV_ROOT, MISSING_HINT)
         self.image_size = image_size
         self.frame_stride = frame_stride

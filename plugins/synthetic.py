@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
-from typing import Callable
+from typing import Annotated, Callable
 
 import numpy as np
 import torch
@@ -36,6 +36,7 @@ import torch
 from anombench import hookimpl
 from anombench.api import Family, Sample
 from anombench.errors import UserError
+from anombench.params import Range, check_arguments
 
 TEXTURES = ("stripes", "weave")
 OBJECTS = ("disc", "plate")
@@ -347,8 +348,8 @@ class SyntheticDataset:
     ``defects`` (e.g. only the five easy kinds, for a smoke test of a method that cannot model structure).
     """
 
-    def __init__(self, categories: list[str] | None = None, image_size: int = 224, n_train: int = 40,
-                 n_test_good: int = 10, n_test_defective: int = 20, data_seed: int = 0,
+    def __init__(self, categories: list[str] | None = None, image_size: Annotated[int, Range(32, None)] = 224,
+                 n_train: int = 40, n_test_good: int = 10, n_test_defective: int = 20, data_seed: int = 0,
                  defects: list[str] | None = None) -> None:
         chosen = list(CATEGORIES) if categories is None else list(categories)
         unknown = [c for c in chosen if c not in CATEGORIES]
@@ -357,8 +358,7 @@ class SyntheticDataset:
         unknown_defects = sorted(set(defects or []) - set(DEFECTS))
         if unknown_defects or defects == []:
             raise UserError(f"synthetic: unknown defects {unknown_defects or '[]'}; available: {', '.join(DEFECTS)}")
-        if image_size < 32:
-            raise UserError(f"synthetic: image_size must be at least 32, got {image_size}")
+        check_arguments(SyntheticDataset, {"image_size": image_size}, "synthetic")
         self._categories = chosen
         self.defects = tuple(defects or DEFECTS)
         self.image_size, self.data_seed = image_size, data_seed

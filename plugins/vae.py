@@ -19,9 +19,9 @@ from ``seed``, so the caller's global RNG state is left as it was.
 
 Checkpoints: with ``checkpoint_dir`` set, the full training state (weights, Adam, generators, epoch, loss history)
 is written atomically after every epoch to ``vae-<fingerprint>.pt``, where the fingerprint hashes the training
-images and every setting that changes training except ``epochs``. A later fit with the same data and settings
-resumes from it, and resuming gives exactly the run that was interrupted (one suite can fit many categories into
-one directory without clobbering). A checkpoint past the requested ``epochs`` is a UserError, never overwritten.
+images and every configuration value that changes training except ``epochs``. A later fit with the same data and
+configuration resumes from it, and resuming gives exactly the run that was interrupted (one suite can fit many
+categories into one directory without clobbering). A checkpoint past the requested ``epochs`` is a UserError, never overwritten.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ import json
 import math
 import os
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Annotated, Any, Iterable
 
 import numpy as np
 import torch
@@ -42,6 +42,7 @@ from tqdm.auto import tqdm
 from anombench import hookimpl
 from anombench.api import Batch, NotFitted, Scores
 from anombench.errors import UserError
+from anombench.params import Check, Length, PositiveFloat, PositiveInt, Range, check_config
 from anombench_plugins.backbones import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -54,6 +55,7 @@ from anombench_plugins.modelfile import build_from_config, config_of, read_model
 
 KIND = "anombench.vae"  # the model file's metadata tag
 STRIDE = 32  # ResNet-18's total downsampling: one latent position per 32x32 pixels
+STRIDE_MULTIPLE = Check(lambda size: size % STRIDE == 0, f"a multiple of {STRIDE} (the encoder's stride)")
 ENCODER_CHANNELS = 512
 
 
@@ -150,12 +152,18 @@ def epoch_order(n_images: int, n_samples: int, generator: torch.Generator) -> to
     return torch.randperm(n_images * repeats, generator=generator)[:n_samples] % n_images
 
 
-def fingerprint(settings: dict[str, Any], images: torch.Tensor) -> str:
-    """A short hash of the training images and the settings: the name of this training run's checkpoint."""
-    digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode())
+def fingerprint(config: dict[str, Any], images: torch.Tensor) -> str:
+    """A short hash of the training images and the configuration: the name of this training run's checkpoint."""
+    digest = hashlib.sha256(json.dumps(config, sort_keys=True).encode())
     digest.update(str(tuple(images.shape)).encode())
     digest.update(images.contiguous().numpy().tobytes())
     return digest.hexdigest()[:16]
+
+
+def check_crop_chain(crop: int, random_crop: int, resize: int) -> None:
+    """The rule that ties the three augmentation sizes: each crop is taken from the image before it."""
+    if not crop <= random_crop <= resize:
+        raise UserError(f"VAE parameters need crop <= random_crop <= resize, got {crop}, {random_crop}, {resize}")
 
 
 # ---------------------------------------------------------------------------------------------- the plugin
@@ -170,11 +178,14 @@ class VAE:
 
     model: ConvVAE | None = None  # built by fit (or load)
 
-    def __init__(self, weights: str = "none", latent_channels: int = 64,
-                 decoder_channels: tuple[int, ...] = (256, 128, 64, 32, 16),
-                 n_augmented: int = 10_000, epochs: int = 100, batch_size: int = 32, lr: float = 1e-4,
-                 kl_weight: float = 1.0, rotation: float = 2.0, resize: int = 292, random_crop: int = 282,
-                 crop: int = 256, checkpoint_dir: str | None = None, progress: bool = True,
+    def __init__(self, weights: str = "none", latent_channels: PositiveInt = 64,
+                 # five widths: five x2 upsamplings undo the encoder's stride 32
+                 decoder_channels: Annotated[tuple[PositiveInt, ...], Length(5, 5)] = (256, 128, 64, 32, 16),
+                 n_augmented: PositiveInt = 10_000, epochs: PositiveInt = 100, batch_size: PositiveInt = 32,
+                 lr: PositiveFloat = 1e-4, kl_weight: Annotated[float, Range(0, None)] = 1.0,
+                 rotation: Annotated[float, Range(0, None)] = 2.0, resize: PositiveInt = 292,
+                 random_crop: PositiveInt = 282, crop: Annotated[PositiveInt, STRIDE_MULTIPLE] = 256,
+                 checkpoint_dir: str | None = None, progress: bool = True,
                  device: str = "cpu", seed: int = 0) -> None:
         self.weights, self.latent_channels, self.decoder_channels = weights, latent_channels, decoder_channels
         self.n_augmented, self.epochs, self.batch_size, self.lr = n_augmented, epochs, batch_size, lr
@@ -182,7 +193,7 @@ class VAE:
                                                                                     random_crop, crop)
         self.checkpoint_dir, self.progress, self.device, self.seed = checkpoint_dir, progress, device, seed
 
-    def training_settings(self) -> dict[str, Any]:
+    def training_config(self) -> dict[str, Any]:
         """Everything that changes training except ``epochs``: the checkpoint's fingerprint hashes this."""
         return dict(weights=self.weights, latent_channels=self.latent_channels,
                     decoder_channels=list(self.decoder_channels), n_augmented=self.n_augmented,
@@ -190,20 +201,20 @@ class VAE:
                     resize=self.resize, random_crop=self.random_crop, crop=self.crop,
                     device=str(torch.device(self.device)), seed=self.seed)
 
-    def check_settings(self) -> None:
-        check_vae_params(self.latent_channels, list(self.decoder_channels), self.n_augmented, self.epochs,
-                         self.batch_size, self.lr, self.kl_weight, self.rotation, self.resize, self.random_crop,
-                         self.crop)
+    def check_configuration(self) -> None:
+        """The configuration against the signature's markers, then the rule that ties the crop sizes together."""
+        check_config(self)
+        check_crop_chain(self.crop, self.random_crop, self.resize)
 
     def preflight(self) -> None:
-        """Bad settings or a missing encoder weights file: one line each, nothing built."""
-        self.check_settings()
+        """A bad configuration or a missing encoder weights file: one line each, nothing built."""
+        self.check_configuration()
         check_weights(backbone_spec("resnet18"), self.weights)
 
     def _initialise(self, weights: str | None = None) -> None:
         """The untrained state for ``seed``: weights, Adam, generators, empty history (``fit`` always starts here).
         ``weights`` overrides the encoder's initial weights (``load`` replaces them all, so it reads none)."""
-        self.check_settings()
+        self.check_configuration()
         device = torch.device(self.device)
         self.generator = torch.Generator().manual_seed(self.seed)  # augmentation and order
         self.noise = torch.Generator(device=device).manual_seed(self.seed)  # reparameterisation noise
@@ -263,7 +274,7 @@ class VAE:
             return None
         directory = Path(self.checkpoint_dir).expanduser()
         directory.mkdir(parents=True, exist_ok=True)
-        return directory / f"vae-{fingerprint(self.training_settings(), images)}.pt"
+        return directory / f"vae-{fingerprint(self.training_config(), images)}.pt"
 
     def _save(self, path: Path) -> None:
         """Write the whole training state to a temporary file, then rename it over ``path`` (atomic)."""
@@ -306,7 +317,7 @@ class VAE:
         tensors = [*self.fitted().parameters(), *self.fitted().buffers()]
         return int(sum(t.numel() * t.element_size() for t in tensors))
 
-    # persistence: the trained network and its settings (training checkpoints are the separate ``checkpoint_dir``)
+    # persistence: the trained network and its configuration (training checkpoints are the separate ``checkpoint_dir``)
     def save(self, path: str | Path) -> None:
         config = config_of(self) | {"trained_epochs": self.epoch, "history": self.history}
         write_model_file(path, KIND, config, self.fitted().state_dict())
@@ -322,26 +333,6 @@ class VAE:
         method.fitted().eval()
         method.epoch, method.history = trained_epochs, history
         return method
-
-
-def check_vae_params(latent_channels: int, decoder_channels: list[int], n_augmented: int, epochs: int,
-                     batch_size: int, lr: float, kl_weight: float, rotation: float, resize: int, random_crop: int,
-                     crop: int) -> None:
-    """One-line UserErrors for settings the model cannot train with."""
-    positive = dict(latent_channels=latent_channels, n_augmented=n_augmented, epochs=epochs, batch_size=batch_size,
-                    lr=lr, crop=crop)
-    for name, value in positive.items():
-        if value <= 0:
-            raise UserError(f"VAE parameter {name}={value} must be > 0")
-    if len(decoder_channels) != 5 or min(decoder_channels) < 1:
-        raise UserError(f"VAE parameter decoder_channels={decoder_channels} must be 5 positive widths (5 x2 "
-                        "upsamplings undo the encoder's stride 32)")
-    if kl_weight < 0 or rotation < 0:
-        raise UserError(f"VAE parameters kl_weight={kl_weight} and rotation={rotation} must be >= 0")
-    if not crop <= random_crop <= resize:
-        raise UserError(f"VAE parameters need crop <= random_crop <= resize, got {crop}, {random_crop}, {resize}")
-    if crop % STRIDE:
-        raise UserError(f"VAE parameter crop={crop} must be a multiple of {STRIDE}")
 
 
 @hookimpl

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from anombench.conformance import check_method
+from anombench.errors import UserError
 from anombench.plugins import registry
 from anombench_plugins.ensemble import PaDiMLayerEnsemble
 from anombench_plugins.padim import PaDiM
@@ -63,3 +64,17 @@ def test_registered_with_an_annotated_signature():
 
 def test_ensemble_passes_the_method_conformance_checks():
     check_method(PaDiMLayerEnsemble, params={"weights": "none", "reduction": "random", "n_features": 10})
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    ({"eps": 0.0}, "eps: must be > 0, got 0.0"),
+    ({"n_features": 0}, "n_features: must be >= 1, got 0"),
+    ({"reduction": "random", "n_features": 100}, "n_features=100 must be at most 64 (the channels of resnet18 layer1)"),
+])
+def test_bad_parameters_name_the_ensemble_in_preflight_and_fit(kwargs, message):
+    """The ensemble's heads are checked one layer at a time: n_features beyond a single layer's channels fails."""
+    ensemble = PaDiMLayerEnsemble(weights="none", **kwargs)
+    for step in (ensemble.preflight, ensemble.fit_begin):
+        with pytest.raises(UserError) as info:
+            step()
+        assert str(info.value) == f"padim_layer_ensemble parameter {message}"

@@ -222,13 +222,15 @@ def test_non_finite_scores_and_mismatched_shapes_are_rejected():
 
 
 @pytest.mark.parametrize(("factory", "params", "message"), [
-    (PRO, {"max_fpr": 0.0}, "max_fpr"),
-    (PRO, {"max_fpr": 1.5}, "max_fpr"),
-    (PRO, {"bins": 0}, "bins"),
-    (PixelAUROC, {"pixel_budget": -1}, "pixel_budget"),
+    (PRO, {"max_fpr": 0.0}, r"pro parameter max_fpr: must be in \(0, 1\], got 0.0"),
+    (PRO, {"max_fpr": 1.5}, r"pro parameter max_fpr: must be in \(0, 1\], got 1.5"),
+    (PRO, {"bins": 0}, r"pro parameter bins: must be >= 1, got 0"),
+    (PixelAUROC, {"pixel_budget": -1}, r"pixel_auroc parameter pixel_budget: must be >= 0, got -1"),
+    (PixelAUROC, {"bins": 0}, r"pixel_auroc parameter bins: must be >= 1, got 0"),
+    (pro_score, {"maps": SCORES, "masks": GOOD_ONLY, "max_fpr": 0}, r"pro_score parameter max_fpr: must be in "),
 ])
 def test_bad_parameters_name_themselves(factory, params, message):
-    with pytest.raises(UserError, match=message):
+    with pytest.raises(UserError, match=f"^{message}"):
         factory(**params)
 
 

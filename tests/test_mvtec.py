@@ -239,8 +239,10 @@ def test_stray_files_are_skipped_with_a_log_line(bottle, caplog):
 def test_bad_sizes_are_user_errors(bottle):
     with pytest.raises(UserError, match="crop_size must be between 1 and image_size"):
         MVTecAD(root=str(bottle), image_size=64, crop_size=128)
-    with pytest.raises(UserError, match="max_degrees"):
+    with pytest.raises(UserError, match=r"^rd_mvtec parameter max_degrees: must be in \[0, 180\], got -1$"):
         RdMVTecAD(root=str(bottle), max_degrees=-1)
+    with pytest.raises(UserError, match=r"^rd_mvtec parameter max_degrees: must be in \[0, 180\], got 181$"):
+        RdMVTecAD(root=str(bottle), max_degrees=181)
 
 
 # ---- check ---------------------------------------------------------------------------------------------------

@@ -72,6 +72,14 @@ def test_folder_missing_mask_names_the_near_miss(tmp_path):
         Folder(root=str(root), abnormal_dirs=["crack"], mask_dir="mask").test("p", 0)
 
 
+@pytest.mark.parametrize("ratio", [1.0, -0.1])
+def test_folder_split_ratio_out_of_range_is_a_one_line_error(tmp_path, ratio):
+    root = make_folder(tmp_path / "p")
+    with pytest.raises(UserError, match=rf"^folder parameter normal_split_ratio: must be in \[0, 1\), got {ratio}$"):
+        Folder(root=str(root), abnormal_dirs=["crack"], mask_dir="mask", normal_split_ratio=ratio)
+    Folder(root=str(root), abnormal_dirs=["crack"], mask_dir="mask", normal_split_ratio=0)  # 0: the bound is in
+
+
 # ---- mvtec: own classes, native resolution --------------------------------------------------------------------
 
 

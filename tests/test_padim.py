@@ -360,15 +360,18 @@ def test_model_bytes_counts_the_fitted_state_and_wr50_rd550_fits_in_2gb():
 @pytest.mark.parametrize(
     "kwargs,message",
     [
-        ({"reduction": "lda"}, "reduction"),
-        ({"n_features": 449}, "n_features=449"),
-        ({"reduction": "none", "n_features": 10}, "n_features=10"),
-        ({"eps": 0.0}, "eps"),
+        ({"reduction": "lda"}, r"^PaDiM parameter reduction: expected one of 'random', 'pca', 'none', got 'lda'$"),
+        ({"n_features": 449}, r"^PaDiM parameter n_features=449 must be at most 448 \(the channels of resnet18 "),
+        ({"reduction": "none", "n_features": 10}, r"^PaDiM parameter n_features=10 needs reduction 'random' or 'pca'$"),
+        ({"n_features": 0}, r"^PaDiM parameter n_features: must be >= 1, got 0$"),
+        ({"eps": 0.0}, r"^PaDiM parameter eps: must be > 0, got 0.0$"),
         ({"backbone": "vgg16"}, "unknown backbone"),
         ({"layers": ["layer9"]}, "layer9"),
     ],
 )
 def test_bad_parameters_raise_one_user_error_in_preflight_and_fit_not_in_the_constructor(kwargs, message):
+    """The signature's markers (check_config) and the rules tying n_features to the layers (head_dims) hold for a
+    PaDiM built in Python, not only for one a suite builds."""
     model = PaDiM(**{"backbone": "resnet18", "weights": "none", **kwargs})  # stores, checks nothing
     with pytest.raises(UserError, match=message) as info:
         model.preflight()
@@ -394,7 +397,7 @@ def test_constructor_builds_nothing_and_keeps_its_arguments(monkeypatch):
     with pytest.raises(UserError, match="/nowhere/wr50.pth' does not exist") as info:
         model.preflight()  # the missing weights file, named in one line
     assert "\n" not in str(info.value)
-    with pytest.raises(UserError, match=r"n_features=1793 must be in 1\.\.1792"):
+    with pytest.raises(UserError, match=r"n_features=1793 must be at most 1792"):
         PaDiM(backbone="wide_resnet50_2", weights="none", n_features=1793).preflight()
 
 

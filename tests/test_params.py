@@ -1,15 +1,17 @@
 """Parameter checking (anombench.params): ranges and choices declared with Annotated next to the annotation,
-classes without __init__, and config_of reading a plugin's configuration back from its signature."""
+classes without __init__, config_of reading a plugin's configuration back from its signature, and check_config /
+check_arguments holding the same markers for objects built in Python."""
 
 from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
+import numpy as np
 import pytest
 
 from anombench.errors import UserError
-from anombench.params import (RUNNER_SUPPLIED, Check, Length, Range, allowed_parameters, config_of, describe,
-                              problem, validate)
+from anombench.params import (RUNNER_SUPPLIED, Check, Length, PositiveFloat, PositiveInt, Range, allowed_parameters,
+                              check_arguments, check_config, config_of, describe, problem, validate)
 
 
 class Plugin:
@@ -18,7 +20,7 @@ class Plugin:
                  share: Annotated[float, Range(0, 1)] = 0.5,
                  kind: Literal["pca", "random"] = "random",
                  layers: Annotated[list[str], Length(1, 3)] = ("layer1",),
-                 ks: list[Annotated[int, Range(1, 5)]] = (1,),
+                 ks: Annotated[list[Annotated[int, Range(1, 5)]], Length(3, 3)] = (1, 2, 3),
                  odd: Annotated[int, Check(lambda v: v % 2 == 1, "odd")] = 1,
                  device: str = "cpu", seed: int = 0) -> None:
         self.n, self.eps, self.share, self.kind, self.layers, self.ks, self.odd = n, eps, share, kind, layers, ks, odd
@@ -38,7 +40,8 @@ def error(params: dict[str, Any], factory: Any = Plugin) -> str:
     ({"share": 1.5}, "share: must be in [0, 1], got 1.5"),
     ({"kind": "svd"}, "kind: expected one of 'pca', 'random', got 'svd'"),
     ({"layers": []}, "layers: must have 1 to 3 items, got 0"),
-    ({"ks": [1, 9]}, "ks: item 1: must be in [1, 5], got 9"),
+    ({"ks": [1, 2, 3, 4]}, "ks: must have exactly 3 items, got 4"),
+    ({"ks": [1, 9, 2]}, "ks: item 1: must be in [1, 5], got 9"),
     ({"odd": 4}, "odd: must be odd, got 4"),
 ])
 def test_out_of_range_values_name_the_key(params, expected):
@@ -46,7 +49,7 @@ def test_out_of_range_values_name_the_key(params, expected):
 
 
 def test_values_in_range_pass():
-    validate("w", Plugin, {"n": None, "eps": 1e-9, "share": 1, "kind": "pca", "layers": ["a", "b"], "ks": [5],
+    validate("w", Plugin, {"n": None, "eps": 1e-9, "share": 1, "kind": "pca", "layers": ["a", "b"], "ks": [5, 1, 2],
                            "odd": 3}, hidden=RUNNER_SUPPLIED)
 
 
@@ -70,7 +73,8 @@ def test_describe_and_problem():
 def test_config_of_reads_the_configuration_back_from_the_signature():
     plugin = Plugin(n=4, layers=("a",))
     config = config_of(plugin)
-    assert config == {"n": 4, "eps": 0.01, "share": 0.5, "kind": "random", "layers": ["a"], "ks": [1], "odd": 1}
+    assert config == {"n": 4, "eps": 0.01, "share": 0.5, "kind": "random", "layers": ["a"], "ks": [1, 2, 3],
+                      "odd": 1}
     assert config_of(Plugin(**config)) == config  # what a model file stores rebuilds the same object
 
 
@@ -81,3 +85,40 @@ def test_config_of_names_a_parameter_the_object_does_not_keep():
 
     with pytest.raises(TypeError, match="Forgetful keeps no attribute 'width' for its parameter 'width'"):
         config_of(Forgetful())
+
+
+@pytest.mark.parametrize("params,expected", [
+    ({"n": 0}, "n: must be >= 1, got 0"),
+    ({"eps": 0}, "eps: must be > 0, got 0"),
+    ({"kind": "svd"}, "kind: expected one of 'pca', 'random', got 'svd'"),
+    ({"ks": (1, 9, 2)}, "ks: item 1: must be in [1, 5], got 9"),  # a tuple, as Python callers pass it
+    ({"odd": 4}, "odd: must be odd, got 4"),
+])
+def test_check_config_holds_the_signature_for_an_object_built_in_python(params, expected):
+    """The constructor stores its arguments unchecked; check_config (a method's preflight and fit) says the same
+    as a suite would, in one line naming the plugin and the parameter."""
+    plugin = Plugin(**params)
+    with pytest.raises(UserError) as info:
+        check_config(plugin)
+    assert str(info.value) == f"Plugin parameter {expected}"
+    with pytest.raises(UserError) as info:
+        check_config(plugin, "p")
+    assert str(info.value) == f"p parameter {expected}"
+
+
+def test_check_config_passes_a_valid_configuration_numpy_numbers_included():
+    check_config(Plugin())
+    check_config(Plugin(n=np.int64(3), eps=np.float32(0.5), share=np.float64(1.0), ks=[np.int32(5), 1, 2]))
+    with pytest.raises(UserError, match=r"^Plugin parameter n: must be >= 1, got np.int64\(0\)$"):
+        check_config(Plugin(n=np.int64(0)))  # a numpy number is range-checked, not waved through
+
+
+def test_check_arguments_checks_the_values_given_against_the_signature():
+    def make(size: Annotated[int, Range(32, None)] = 64, rate: PositiveFloat = 1.0, count: PositiveInt = 1) -> None:
+        ...
+
+    check_arguments(make, {"size": 32, "rate": 0.5})
+    with pytest.raises(UserError, match=r"^make parameter size: must be >= 32, got 16$"):
+        check_arguments(make, {"size": 16})
+    with pytest.raises(UserError, match=r"^maker parameter count: expected int >= 1, got 1.5$"):
+        check_arguments(make, {"rate": 2.0, "count": 1.5}, "maker")

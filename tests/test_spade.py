@@ -93,14 +93,25 @@ def test_feature_key_is_shared_by_spades_on_one_backbone() -> None:
     assert a.feature_key() != SPADE(**TINY, device="cpu", seed=1).feature_key()  # random init depends on the seed
 
 
-@pytest.mark.parametrize("params", [dict(index="annoy"), dict(k=0), dict(sigma=0.0), dict(nlist=0),
-                                    dict(ef_search=0)])
-def test_bad_parameters_are_user_errors(params: dict) -> None:
+@pytest.mark.parametrize("params,message", [
+    (dict(index="annoy"), "index: expected one of 'flat', 'ivf', 'hnsw', got 'annoy'"),
+    (dict(k=0), "k: must be >= 1, got 0"),
+    (dict(sigma=0.0), "sigma: must be > 0, got 0.0"),
+    (dict(nlist=0), "nlist: must be >= 1, got 0"),
+    (dict(nprobe=0), "nprobe: must be >= 1, got 0"),
+    (dict(hnsw_m=0), "hnsw_m: must be >= 1, got 0"),
+    (dict(ef_construction=0), "ef_construction: must be >= 1, got 0"),
+    (dict(ef_search=0), "ef_search: must be >= 1, got 0"),
+])
+def test_bad_parameters_are_user_errors(params: dict, message: str) -> None:
+    """The signature's markers hold for a SPADE built in Python: in preflight and when the fit begins."""
     method = SPADE(**(TINY | params), device="cpu", seed=0)  # stores, checks nothing
-    with pytest.raises(UserError, match="SPADE parameter"):
+    with pytest.raises(UserError) as info:
         method.preflight()
-    with pytest.raises(UserError, match="SPADE parameter"):
+    assert str(info.value) == f"SPADE parameter {message}"
+    with pytest.raises(UserError) as info:
         method.fit_begin()
+    assert str(info.value) == f"SPADE parameter {message}"
 
 
 @pytest.mark.parametrize("index", ["ivf", "hnsw"])  # "flat" is the conformance check's

@@ -154,8 +154,10 @@ def test_unreadable_frame_and_stray_files(stc):
 
 
 def test_bad_strides(stc):
-    with pytest.raises(UserError, match="frame_stride must be a positive integer"):
+    with pytest.raises(UserError, match=r"^stc parameter frame_stride: must be >= 1, got 0$"):
         ShanghaiTechCampus(root=str(stc), frame_stride=0)
+    with pytest.raises(UserError, match=r"^stc parameter test_frame_stride: must be >= 1, got -2$"):
+        ShanghaiTechCampus(root=str(stc), test_frame_stride=-2)
 
 
 # ---- getting the data ----------------------------------------------------------------------------------------

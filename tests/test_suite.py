@@ -61,7 +61,7 @@ def test_unknown_parameter_names_key_and_allowed(registry):
 def test_wrong_type_names_expected_type(registry):
     doc = base_doc()
     doc["datasets"]["synthetic"]["params"]["image_size"] = "big"
-    assert "datasets.synthetic.params.image_size: expected int, got 'big'" in error_of(doc, registry)
+    assert "datasets.synthetic.params.image_size: expected int >= 32, got 'big'" in error_of(doc, registry)
 
 
 def test_runner_supplied_parameter_is_refused(registry):
@@ -89,6 +89,45 @@ def test_bad_values_are_named(registry, key, value, expected):
     doc = base_doc()
     doc[key] = value
     assert expected in error_of(doc, registry)
+
+
+@pytest.mark.parametrize("section,plugin,params,expected", [
+    ("methods", "padim", {"eps": 0}, "methods.x.params.eps: must be > 0, got 0"),
+    ("methods", "padim", {"n_features": 0}, "methods.x.params.n_features: must be >= 1, got 0"),
+    ("methods", "padim", {"reduction": "lda"},
+     "methods.x.params.reduction: expected one of 'random', 'pca', 'none', got 'lda'"),
+    ("methods", "padim_layer_ensemble", {"eps": -1}, "methods.x.params.eps: must be > 0, got -1"),
+    ("methods", "spade", {"k": 0}, "methods.x.params.k: must be >= 1, got 0"),
+    ("methods", "spade", {"sigma": 0}, "methods.x.params.sigma: must be > 0, got 0"),
+    ("methods", "spade", {"index": "annoy"},
+     "methods.x.params.index: expected one of 'flat', 'ivf', 'hnsw', got 'annoy'"),
+    ("methods", "spade", {"nlist": 0}, "methods.x.params.nlist: must be >= 1, got 0"),
+    ("methods", "spade", {"ef_search": 0}, "methods.x.params.ef_search: must be >= 1, got 0"),
+    ("methods", "vae", {"decoder_channels": [8, 8]},
+     "methods.x.params.decoder_channels: must have exactly 5 items, got 2"),
+    ("methods", "vae", {"decoder_channels": [8, 8, 8, 0, 8]},
+     "methods.x.params.decoder_channels: item 3: must be >= 1, got 0"),
+    ("methods", "vae", {"crop": 250},
+     "methods.x.params.crop: must be a multiple of 32 (the encoder's stride), got 250"),
+    ("methods", "vae", {"epochs": 0}, "methods.x.params.epochs: must be >= 1, got 0"),
+    ("methods", "vae", {"lr": 0}, "methods.x.params.lr: must be > 0, got 0"),
+    ("methods", "vae", {"kl_weight": -1}, "methods.x.params.kl_weight: must be >= 0, got -1"),
+    ("datasets", "synthetic", {"image_size": 16}, "datasets.x.params.image_size: must be >= 32, got 16"),
+    ("datasets", "rd_mvtec", {"max_degrees": 181}, "datasets.x.params.max_degrees: must be in [0, 180], got 181"),
+    ("datasets", "stc", {"frame_stride": 0}, "datasets.x.params.frame_stride: must be >= 1, got 0"),
+    ("datasets", "folder", {"root": "r", "normal_split_ratio": 1},
+     "datasets.x.params.normal_split_ratio: must be in [0, 1), got 1"),
+    ("metrics", "pro", {"max_fpr": 0}, "metrics.pro.max_fpr: must be in (0, 1], got 0"),
+    ("metrics", "pixel_auroc", {"pixel_budget": -1}, "metrics.pixel_auroc.pixel_budget: must be >= 0, got -1"),
+])
+def test_the_built_in_plugins_ranges_are_checked_when_the_suite_loads(registry, section, plugin, params, expected):
+    """Each built-in's single-parameter rules are markers in its signature: a bad value stops the suite at load."""
+    doc = base_doc()
+    if section == "metrics":
+        doc["metrics"] = {"image_auroc": {}, plugin: params}
+    else:
+        doc[section] = {"x": {"plugin": plugin, "params": params}}
+    assert error_of(doc, registry) == f"s.yaml: {expected}"
 
 
 def test_missing_required_key(registry):

@@ -64,7 +64,7 @@ def test_mask_is_exactly_what_the_defect_changed(category, defect):
 def test_unknown_category_and_tiny_size_are_one_line_errors():
     with pytest.raises(UserError, match="synthetic: unknown categories \\['bottle'\\]; available: stripes"):
         SyntheticDataset(categories=["bottle"])
-    with pytest.raises(UserError, match="image_size must be at least 32"):
+    with pytest.raises(UserError, match=r"^synthetic parameter image_size: must be >= 32, got 16$"):
         SyntheticDataset(image_size=16)
 
 

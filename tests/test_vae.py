@@ -26,7 +26,7 @@ def test_vae_conforms() -> None:
     check_method(VAE, params=SMALL)
 
 
-def test_a_saved_vae_keeps_its_settings_and_training_history(tmp_path: Path) -> None:
+def test_a_saved_vae_keeps_its_configuration_and_training_history(tmp_path: Path) -> None:
     method = VAE(**(SMALL | {"epochs": 2}), device="cpu", seed=3)
     method.fit(iter(tiny_batches(1, 4, 64, seed=1, anomalous=False)))
     method.save(tmp_path / "vae.safetensors")
@@ -106,14 +106,29 @@ def test_inputs_must_be_multiples_of_the_stride() -> None:
         vae.score_maps(tiny_batches(1, 1, 48, seed=0, anomalous=False)[0])
 
 
-@pytest.mark.parametrize("params", [dict(crop=300), dict(crop=60, random_crop=60, resize=64),
-                                    dict(decoder_channels=[8, 8]), dict(lr=0.0)])
-def test_bad_parameters_are_user_errors(params: dict) -> None:
+@pytest.mark.parametrize("params,message", [
+    (dict(crop=96), "parameters need crop <= random_crop <= resize, got 96, 68, 72"),
+    (dict(crop=64, random_crop=80), "parameters need crop <= random_crop <= resize, got 64, 80, 72"),
+    (dict(crop=60, random_crop=60, resize=64),
+     "parameter crop: must be a multiple of 32 (the encoder's stride), got 60"),
+    (dict(crop=0), "parameter crop: must be >= 1, got 0"),
+    (dict(decoder_channels=[8, 8]), "parameter decoder_channels: must have exactly 5 items, got 2"),
+    (dict(decoder_channels=[8, 8, 0, 8, 8]), "parameter decoder_channels: item 2: must be >= 1, got 0"),
+    (dict(lr=0.0), "parameter lr: must be > 0, got 0.0"),
+    (dict(epochs=0), "parameter epochs: must be >= 1, got 0"),
+    (dict(kl_weight=-1.0), "parameter kl_weight: must be >= 0, got -1.0"),
+    (dict(rotation=-2.0), "parameter rotation: must be >= 0, got -2.0"),
+])
+def test_bad_parameters_are_user_errors(params: dict, message: str) -> None:
+    """The signature's markers (check_config) and the crop chain hold for a VAE built in Python: in preflight and
+    when the fit begins."""
     vae = VAE(**(SMALL | params), device="cpu", seed=0)  # stores, checks nothing
-    with pytest.raises(UserError, match="VAE parameter"):
+    with pytest.raises(UserError) as info:
         vae.preflight()
-    with pytest.raises(UserError, match="VAE parameter"):
+    assert str(info.value) == f"VAE {message}"
+    with pytest.raises(UserError) as info:
         vae.fit(iter(tiny_batches(1, 2, 64, seed=0, anomalous=False)))
+    assert str(info.value) == f"VAE {message}"
 
 
 def test_preflight_names_a_missing_weights_file(tmp_path: Path) -> None:
