@@ -72,6 +72,10 @@ def _ci_level(level: float | None) -> float | None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    if args.executor == "local" and not args.dry_run:
+        from anombench.forkserver import warm_up
+
+        warm_up()  # the server's imports run beside this process's own, not after them
     from anombench.catalog import find_suite
     from anombench.plugins import registry
     from anombench.report import TableWriter
@@ -83,6 +87,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     if args.threads < 0:
         raise UserError(f"--threads must be 0 (picked from the machine) or more, got {args.threads}")
+    if args.jobs != 1 and args.executor != "local":
+        raise UserError(f"--jobs {args.jobs} is for --executor local; {args.executor} runs jobs its own way")
     reg = registry()
     roots = _parse_data_roots(args.data)
     suite = load_suite(find_suite(args.suite), reg, args.set, roots)
@@ -106,6 +112,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.executor == "dask":
         from anombench.distributed import dask_executor
         executor = dask_executor(args.scheduler, reg)
+    elif args.executor == "inprocess":
+        from anombench.runner import in_process_executor
+        executor = in_process_executor(reg)
     else:
         from anombench.isolation import isolated_executor
         executor = isolated_executor(reg, args.jobs)
@@ -320,7 +329,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="root folder of a dataset plugin, e.g. mvtec=/data/mvtec_ad (repeatable)")
     run.add_argument("--device", default="auto", help="auto (GPU if there is one), cpu, cuda or cuda:N")
     run.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: picked from the machine)")
-    run.add_argument("--executor", choices=["local", "dask"], default="local", help="where cells run")
+    run.add_argument("--executor", choices=["local", "dask", "inprocess"], default="local",
+                     help="where cells run: local (each job in a child process of its own, so a crash ends only its "
+                          "cells), dask, or inprocess (no isolation: a crash ends the run; for a debugger or profiler)")
     run.add_argument("--jobs", type=int, default=1, help="local executor: parallel worker processes")
     run.add_argument("--scheduler", help="dask executor: scheduler address tcp://HOST:PORT (default: a LocalCluster)")
     run.add_argument("--cell-timeout", type=float, metavar="SECONDS",

@@ -2,9 +2,8 @@
 people's code ends only that job, recorded with a one-line reason, and no process outlives the run.
 
 How:
-- Children are forked from a fork server (``multiprocessing``'s forkserver) that imported torch and the plugins
-  once and never ran torch: a child starts in tens of milliseconds, and never inherits OpenMP threads (a child
-  forked from a parent whose torch had run multi-threaded hangs in its first parallel op) nor a CUDA context.
+- Children are forked from a fork server (``anombench.forkserver``) that imported torch and the plugins once and
+  never ran torch.
 - Each child starts its own session (``setsid``): it and its DataLoader workers form one process group, which the
   parent kills as a whole when the job ends, breaks a limit or the run stops. If the run's process dies without
   doing so (SIGKILL), a thread of the child sees its lifeline pipe from the run close and kills the group itself;
@@ -21,7 +20,6 @@ How:
 from __future__ import annotations
 
 import concurrent.futures
-import importlib.metadata
 import multiprocessing
 import os
 import pickle
@@ -29,15 +27,14 @@ import signal
 import threading
 import time
 from collections.abc import Iterator
-from multiprocessing import forkserver
 from multiprocessing.connection import Connection
-from multiprocessing.context import BaseContext
 from typing import Any
 
 import psutil
 
 from anombench.errors import UserError
-from anombench.plugins import ENTRY_POINT_GROUP, Registry
+from anombench.forkserver import context, release_fork_server, warm_up
+from anombench.plugins import Registry
 from anombench.planning import Job
 from anombench.resources import GB, tree_bytes
 from anombench.results import CellResult
@@ -53,38 +50,6 @@ class Stopped(Exception):
     """The run is stopping (Ctrl-C, an error in the parent): the job's process was killed, nothing to record."""
 
 
-def context() -> BaseContext:
-    """The forkserver context, its server preloading anombench's runner and every plugin module (so each child
-    starts with them imported). Started on first use; it lives as long as this process."""
-    ctx = multiprocessing.get_context("forkserver")
-    plugins = [ep.value.split(":")[0] for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP)]
-    ctx.set_forkserver_preload(["anombench.isolation", *dict.fromkeys(plugins)])
-    _start_server()
-    return ctx
-
-
-def _start_server() -> None:
-    """Start the fork server (once) with PYTHONSAFEPATH set. It runs as ``python -c``, which puts the current
-    directory first on sys.path, and Python <= 3.12's fork server ignores the parent's sys.path: run from the folder
-    holding a clone named ``anombench``, the clone's folder would shadow the installed package in every child
-    (Python 3.11+ honours PYTHONSAFEPATH; it is set for the server's start only)."""
-    previous = os.environ.get("PYTHONSAFEPATH")
-    os.environ["PYTHONSAFEPATH"] = "1"
-    try:
-        forkserver.ensure_running()
-    finally:
-        if previous is None:
-            del os.environ["PYTHONSAFEPATH"]
-        else:
-            os.environ["PYTHONSAFEPATH"] = previous
-
-
-def warm_up() -> None:
-    """Start the fork server now, so that its imports overlap with the run's planning instead of delaying the
-    first job."""
-    context()
-
-
 def _die_with_the_run(lifeline: Connection) -> None:
     """Block until the run's end of ``lifeline`` closes (the run ended or died), then kill this process group."""
     try:
@@ -94,22 +59,13 @@ def _die_with_the_run(lifeline: Connection) -> None:
     os.killpg(0, signal.SIGKILL)
 
 
-def _release_fork_server() -> None:
-    """Close the fork server's "alive" pipe that multiprocessing hands every child (so that it can start processes
-    through the same server): while any process holds it the server never exits."""
-    server = forkserver._forkserver
-    if server._forkserver_alive_fd is not None:
-        os.close(server._forkserver_alive_fd)
-        server._forkserver_alive_fd = None
-
-
 def _child(payload: bytes, results: Connection, lifeline: Connection) -> None:
     """The child's side: own process group, run the job, send each cell's result, close the pipe.
 
     The job travels as plain pickle bytes: multiprocessing's pickler would hand each tensor of the methods over as
     a shared-memory file descriptor, and a fork server passes at most a few hundred."""
     os.setsid()
-    _release_fork_server()
+    release_fork_server()
     threading.Thread(target=_die_with_the_run, args=(lifeline,), daemon=True).start()
     # a fork server's child inherits "forkserver" as its default start method: DataLoader workers would each
     # start a fork server of their own (seconds); give the job's code the platform's default, as in-process

@@ -99,8 +99,27 @@ def test_run_report_compare_end_to_end(site, tmp_path):
     assert timed.returncode == 2 and "only quality metrics (higher is better) can be gated" in timed.stderr
 
 
+def test_inprocess_executor_stores_the_figures_of_the_isolated_one(site, tmp_path):
+    """``--executor inprocess`` (for a debugger or profiler, and the baseline of benchmarks/bench_isolation.py) runs
+    the same jobs without child processes: every figure equals the default executor's. Run as ``python -m
+    anombench``, the form the benchmark uses."""
+    suite = write_suite(tmp_path / "suite.yaml", ["disc", "stripes"])
+    figures = {}
+    for executor in ("local", "inprocess"):
+        command = [sys.executable, "-m", "anombench", "run", str(suite), "--out", executor, "--quiet",
+                   "--device", "cpu", "--executor", executor]
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(site), str(THIRDPARTY)])}
+        result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+        assert result.returncode == 0, result.stderr
+        records = [json.loads(line) for line in (tmp_path / executor / "cells.jsonl").read_text().splitlines()]
+        figures[executor] = {r["cell"]: {k: v for k, v in r["metrics"].items() if k != "fit_seconds"}
+                             for r in records}
+    assert len(figures["local"]) == 4 and figures["inprocess"] == figures["local"]
+
+
 @pytest.mark.parametrize("args,message", [
     (["--threads", "-1"], "--threads must be 0 (picked from the machine) or more, got -1"),
+    (["--jobs", "2", "--executor", "inprocess"], "--jobs 2 is for --executor local; inprocess runs jobs its own way"),
     (["--set", "methods.pgg.params.min_std=1"], "--set methods.pgg.params.min_std: no method 'pgg' in the suite; "
                                                  "its methods: pg, pg-wide"),
 ])
