@@ -2,8 +2,8 @@
 
     python benchmarks/bench_cell_path.py
 
-1. Runs ``anombench run suites/quickstart.yaml --set categories=stripes --set methods=padim-lite0`` in this process
-   (the in-process executor, so the profiler sees the cell) from suite loading to table.md, and counts every
+1. Runs ``anombench run suites/quickstart.yaml --set categories=stripes --set methods=padim-lite0 --executor
+   inprocess`` in this process (so the profiler sees the cell) from suite loading to table.md, and counts every
    distinct function of anombench/ and anombench_plugins/ entered (module bodies, comprehensions and lambdas left
    out), the modules they live in, and how often the first-entry order of those functions switches between the host
    (anombench/) and the plugins: a reader following the cell goes back and forth that often.
@@ -20,11 +20,9 @@ from pathlib import Path
 
 import anombench
 import anombench_plugins
-import anombench.isolation
 from anombench import cli
 from anombench.planning import RunOptions, plan
 from anombench.plugins import registry as load_registry
-from anombench.runner import in_process_executor
 from anombench.suite import load_suite
 
 REPO = Path(__file__).resolve().parents[1]
@@ -46,10 +44,9 @@ def cell_path() -> tuple[int, int, int]:
         if event == "call" and not code.co_name.startswith("<") and code.co_filename.startswith(roots):
             seen.setdefault((code.co_filename, code.co_name), len(seen))
 
-    anombench.isolation.isolated_executor = lambda registry, jobs=1: in_process_executor(registry)
     out = Path(tempfile.mkdtemp()) / "run"
     argv = ["run", str(REPO / "suites" / "quickstart.yaml"), "--set", "categories=stripes", "--set",
-            "methods=padim-lite0", "--out", str(out), "--quiet", "--threads", "2"]
+            "methods=padim-lite0", "--out", str(out), "--quiet", "--threads", "2", "--executor", "inprocess"]
     sys.setprofile(profile)
     try:
         cli.main(argv)

@@ -32,7 +32,7 @@ from anombench import hookimpl
 from anombench.api import Family
 from anombench.errors import UserError
 from anombench.hookspecs import Register
-from anombench.params import Range, check_arguments
+from anombench.params import PositiveInt, Range, check_arguments
 from anombench_plugins.datacheck import FilePreflight
 from anombench_plugins.imagefiles import (
     FileSplit,
@@ -70,13 +70,13 @@ class Folder(FilePreflight):
         mask_dir: str | None = None,
         normal_test_dir: str | None = None,
         normal_split_ratio: Annotated[float, Range(0, 1, hi_open=True)] = 0.2,
-        image_size: int | None = 256,
-        crop_size: int | None = 224,
+        image_size: PositiveInt | None = 256,
+        crop_size: PositiveInt | None = 224,
         category: str | None = None,
         family: str = "other",
         families: dict[str, str] | None = None,
     ) -> None:
-        check_sizes(image_size, crop_size)
+        check_sizes(Folder, "folder", image_size, crop_size)
         self.root = Path(root).expanduser()
         if not self.root.is_dir():
             raise UserError(f"folder dataset root {self.root} does not exist")

@@ -16,7 +16,7 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Protocol
+from typing import Any, Callable, Protocol
 
 import numpy as np
 import torch
@@ -24,6 +24,7 @@ from PIL import Image
 
 from anombench.api import Sample
 from anombench.errors import UserError
+from anombench.params import check_arguments
 from anombench_plugins.pixels import oriented_size, read_samples, warn_if_low_bits
 
 log = logging.getLogger("anombench.data")
@@ -205,20 +206,21 @@ def center_offset(full: int, crop: int) -> int:
     return int(round((full - crop) / 2.0))
 
 
-def check_sizes(image_size: int | None, crop_size: int | None) -> None:
-    """Reject sizes that cannot work, naming the parameters as the suite file spells them.
+def check_sizes(dataset: Callable[..., Any], where: str, image_size: int | None, crop_size: int | None) -> None:
+    """Reject sizes that cannot work, naming the parameters as the suite file spells them: each against the
+    ``dataset`` class's signature markers (a positive number of pixels), then the rule that ties them.
 
     ``image_size: null`` keeps each image's own resolution (the official MVTec AD evaluation's); a crop then
     needs a resize to crop from, so ``crop_size`` must be null too.
     """
+    given = {"image_size": image_size} | ({"crop_size": crop_size} if crop_size is not None else {})
+    check_arguments(dataset, given, where)
     if image_size is None:
         if crop_size is not None:
             raise UserError(f"crop_size {crop_size} needs an image_size to crop from; set both, or both to null "
                             "(native resolution)")
         return
-    if image_size < 1:
-        raise UserError(f"image_size must be a positive number of pixels, got {image_size}")
-    if crop_size is not None and not 1 <= crop_size <= image_size:
+    if crop_size is not None and not crop_size <= image_size:
         raise UserError(f"crop_size must be between 1 and image_size ({image_size}), got {crop_size}")
 
 

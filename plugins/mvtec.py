@@ -45,7 +45,7 @@ from anombench import hookimpl
 from anombench.api import Family
 from anombench.errors import UserError
 from anombench.hookspecs import Register
-from anombench.params import Range, check_arguments
+from anombench.params import PositiveInt, Range, check_arguments
 from anombench_plugins.datafetch import fetch_archive
 from anombench_plugins.datacheck import FilePreflight
 from anombench_plugins.imagefiles import (
@@ -57,7 +57,6 @@ from anombench_plugins.imagefiles import (
     ResizeCrop,
     check_sizes,
     crop_pair,
-    image_size,
     list_images,
     list_subfolders,
     MaskLookup,
@@ -66,7 +65,6 @@ from anombench_plugins.imagefiles import (
     mask_size_mismatches,
     resize_pair,
     resolve_root,
-    size_text,
 )
 
 log = logging.getLogger("anombench.data")
@@ -220,11 +218,11 @@ class MVTecAD(FilePreflight):
     def __init__(
         self,
         root: str | None = None,
-        image_size: int | None = 256,
-        crop_size: int | None = 224,
+        image_size: PositiveInt | None = 256,
+        crop_size: PositiveInt | None = 224,
         families: dict[str, str] | None = None,
     ) -> None:
-        check_sizes(image_size, crop_size)
+        check_sizes(MVTecAD, "mvtec", image_size, crop_size)
         self.root = resolve_root(root, ENV_ROOT, MISSING_HINT)
         self.image_size = image_size
         self.crop_size = crop_size
@@ -346,15 +344,16 @@ class RdMVTecAD(MVTecAD):
     def __init__(
         self,
         root: str | None = None,
-        image_size: int = 256,
-        crop_size: int = 224,
+        image_size: PositiveInt = 256,
+        crop_size: PositiveInt = 224,
         max_degrees: Annotated[float, Range(0, 180)] = 10.0,
         families: dict[str, str] | None = None,
     ) -> None:
         if image_size is None or crop_size is None:
             raise UserError("rd_mvtec rotates and crops at a fixed size: image_size and crop_size cannot be null")
+        check_arguments(RdMVTecAD, {"image_size": image_size, "crop_size": crop_size, "max_degrees": max_degrees},
+                        "rd_mvtec")
         super().__init__(root=root, image_size=image_size, crop_size=crop_size, families=families)
-        check_arguments(RdMVTecAD, {"max_degrees": max_degrees}, "rd_mvtec")
         self.max_degrees = max_degrees
 
     def _transform(self, category: str, seed: int, split: str) -> PairTransform:

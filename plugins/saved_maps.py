@@ -29,6 +29,7 @@ from PIL import Image
 from anombench import hookimpl
 from anombench.api import Batch, Scores
 from anombench.errors import UserError
+from anombench.params import PositiveInt
 from anombench.hookspecs import Register
 from anombench_plugins.imagefiles import ResizeCrop, check_sizes, image_size, list_subfolders, size_text
 
@@ -71,14 +72,14 @@ class SavedMaps:
         self,
         root: str,
         category: str | None = None,
-        image_size: int | None = None,
-        crop_size: int | None = None,
+        image_size: PositiveInt | None = None,
+        crop_size: PositiveInt | None = None,
         dataset: str | None = None,
         dataset_params: dict[str, object] | None = None,
         device: str = "cpu",
         seed: int = 0,
     ) -> None:
-        check_sizes(image_size, crop_size)
+        check_sizes(SavedMaps, "saved_maps", image_size, crop_size)
         self.root = Path(root).expanduser()
         self.transform = ResizeCrop(image_size, crop_size)
         self.category = category

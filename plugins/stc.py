@@ -127,10 +127,10 @@ class ShanghaiTechCampus(FilePreflight):
     """STC: per scene, train on normal surveillance frames, test on frames with pixel-level anomaly masks."""
 
     def __init__(
-        self, root: str | None = None, image_size: int = 256, frame_stride: PositiveInt = 1,
+        self, root: str | None = None, image_size: PositiveInt = 256, frame_stride: PositiveInt = 1,
         test_frame_stride: PositiveInt = 1,
     ) -> None:
-        check_sizes(image_size, None)
+        check_sizes(ShanghaiTechCampus, "stc", image_size, None)
         check_arguments(ShanghaiTechCampus, {"frame_stride": frame_stride, "test_frame_stride": test_frame_stride},
                         "stc")
         self.root = resolve_root(root, ENV_ROOT, MISSING_HINT)

@@ -22,6 +22,7 @@ from pathlib import Path
 from anombench import hookimpl
 from anombench.api import Family
 from anombench.errors import UserError
+from anombench.params import PositiveInt
 from anombench.hookspecs import Register
 from anombench_plugins.datafetch import fetch_archive
 from anombench_plugins.datacheck import FilePreflight
@@ -92,8 +93,9 @@ class VisA(FilePreflight):
 
     name = "VisA"
 
-    def __init__(self, root: str | None = None, image_size: int | None = 256, crop_size: int | None = 224) -> None:
-        check_sizes(image_size, crop_size)
+    def __init__(self, root: str | None = None, image_size: PositiveInt | None = 256,
+                 crop_size: PositiveInt | None = 224) -> None:
+        check_sizes(VisA, "visa", image_size, crop_size)
         self.root = resolve_root(root, ENV_ROOT, MISSING_HINT)
         self.image_size, self.crop_size = image_size, crop_size
         self.rows = read_split(self.root)

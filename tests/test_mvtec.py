@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from collections import Counter
 import pickle
+import re
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +18,7 @@ from torchvision import transforms as T
 
 from anombench.api import Dataset, Sample, collate, known_categories
 from anombench.errors import UserError
+from anombench.params import validate
 from anombench.plugins import collect, make_plugin_manager
 from anombench_plugins.mvtec import CATEGORIES, MVTecAD, RandomRotateCrop, RdMVTecAD
 
@@ -255,3 +257,18 @@ def test_check_reports_counts_per_category(bottle):
     assert rows["bottle"].split()[:6] == ["bottle", "object", "3", "2", "3", "2"]
     assert "1 masks missing" in rows["bottle"] and "official release has 209/20/63" in rows["bottle"]
     assert rows["carpet"].split()[-1] == "missing" and len(rows) == 16  # 15 categories and the total
+
+
+@pytest.mark.parametrize("dataset,params,message", [
+    ("mvtec", {"image_size": 0}, "mvtec parameter image_size: must be >= 1, got 0"),
+    ("mvtec", {"crop_size": 0}, "mvtec parameter crop_size: must be >= 1, got 0"),
+    ("rd_mvtec", {"image_size": -3}, "rd_mvtec parameter image_size: must be >= 1, got -3"),
+])
+def test_image_sizes_are_signature_markers(bottle, dataset, params, message):
+    """A size below one pixel is refused by the signature's marker, both built directly and from a suite."""
+    factory = MVTecAD if dataset == "mvtec" else RdMVTecAD
+    with pytest.raises(UserError, match=f"^{re.escape(message)}$"):
+        factory(root=str(bottle), **params)
+    key = next(iter(params))
+    with pytest.raises(UserError, match=f"datasets.{dataset}.params.{key}: must be >= 1"):
+        validate(f"datasets.{dataset}.params", factory, {"root": str(bottle), **params})
