@@ -48,8 +48,9 @@ def _leaves(node: Any, prefix: str = "") -> dict[str, Any]:
     return {prefix[:-1]: node}
 
 
-def changed_cell_settings(before: dict[str, Any], now: dict[str, Any]) -> list[str]:
-    """The settings of methods and datasets present in both suites that differ ("key: old -> new").
+def changed_configs(before: dict[str, Any], now: dict[str, Any]) -> list[str]:
+    """Where the configuration (plugin, params) of methods and datasets present in both suites differs, as
+    "key: old -> new".
 
     Which cells a suite has (categories, seeds, adding or dropping a method) may change on --resume: the finished
     cells stay valid. A method's or dataset's parameters may not, or the table would mix two setups under one
@@ -69,8 +70,8 @@ def check_resumable(out: Path, suite: Suite) -> None:
     stored = out / "suite.yaml"
     if not stored.is_file():
         return
-    changes = changed_cell_settings(yaml.safe_load(stored.read_text()) or {},
+    changes = changed_configs(yaml.safe_load(stored.read_text()) or {},
                                     yaml.safe_load(yaml.safe_dump(suite.source)))
     if changes:
-        raise UserError(f"{out}: cannot --resume with other settings than the run's ({'; '.join(changes)}); "
-                        "resume with the same settings or choose another --out")
+        raise UserError(f"{out}: cannot --resume with another configuration than the run's "
+                        f"({'; '.join(changes)}); resume with the same configuration or choose another --out")

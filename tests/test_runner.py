@@ -175,7 +175,7 @@ def test_resume_refuses_other_settings_for_the_same_cells(tmp_path, test_registr
     run(suite_doc({"pg": {"plugin": "pixel_gaussian"}}, ["disc"]), out, test_registry)
     started = load_provenance(out)["started_at"]
     changed = suite_doc({"pg": {"plugin": "pixel_gaussian", "params": {"min_std": 0.2}}}, ["disc"])
-    with pytest.raises(UserError, match=r"cannot --resume with other settings than the run's "
+    with pytest.raises(UserError, match=r"cannot --resume with another configuration than the run's "
                                         r"\(methods\.pg\.params\.min_std: None -> 0\.2\)"):
         run(changed, out, test_registry, resume=True)
     run(suite_doc({"pg": {"plugin": "pixel_gaussian"}, "pg2": {"plugin": "pixel_gaussian"}}, ["disc"]), out,
