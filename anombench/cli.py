@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
@@ -448,6 +449,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("anombench: interrupted; finished cells are stored (continue with --resume)", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # output piped into `head` or a pager that quit: not an error of ours
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error when Python flushes
+        return 0
 
 
 if __name__ == "__main__":

@@ -89,7 +89,8 @@ class Comparison:
     def to_text(self) -> str:
         lines = [f"NOTE: {note}" for note in self.notes]
         lines += [f"MISSING {cell}: {reason}" for cell, reason in self.missing]
-        table = self.rows.to_markdown(index=False, floatfmt=".6g") if len(self.rows) else "(no rows)"
+        shown = self.rows.astype(object).where(self.rows.notna(), None)  # a maps row has no single value: "-"
+        table = shown.to_markdown(index=False, floatfmt=".6g", missingval="-") if len(self.rows) else "(no rows)"
         return "\n".join(lines + ([""] if lines else []) + [table, "", self.summary()])
 
     def advice(self) -> str:

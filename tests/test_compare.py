@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -125,6 +126,8 @@ def test_exact_gate_compares_maps_even_when_every_figure_is_equal(tmp_path, regi
     assert result.failures == 3 and set(changed["cell"]) == {CELL_B}
     assert set(changed["metric"]) == {"maps: image_scores", "maps: quantiles", "maps: maps"}
     assert changed["diff"].max() == pytest.approx(0.001, rel=1e-3)
+    maps_line = next(line for line in result.to_text().splitlines() if CELL_B in line and "maps: maps" in line)
+    assert "nan" not in maps_line and re.search(r"\|\s+-\s+\|\s+-\s+\|", maps_line)  # no single value: "-"
 
 
 def test_missing_and_failed_cells_are_listed_once_with_their_reason(tmp_path, registry):
