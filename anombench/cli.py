@@ -211,9 +211,13 @@ def cmd_data(args: argparse.Namespace) -> int:
     factory = registry().get("dataset", args.dataset).factory
     if args.action == "check":
         return _data_check(args, factory)
-    download = getattr(factory, "download", None)
-    if not callable(download):
+    from anombench.api import data_action
+
+    download = data_action(factory, "download")
+    if download is None:
         raise UserError(f"dataset '{args.dataset}' offers no 'download'")
+    if not args.root:
+        raise UserError(f"data download {args.dataset} needs --root DIR, the folder to put it in")
     options = {k: v for k, v in (("url", args.url), ("sha256", args.sha256)) if v}
     download(args.root, **options)
     return 0
@@ -230,14 +234,24 @@ def _dataset_params(items: list[str]) -> dict[str, object]:
 def _data_check(args: argparse.Namespace, factory: Callable[..., object]) -> int:
     """The dataset's own count table (if it has one), then every missing, extra or broken file (the first
     ``SHOWN_PROBLEMS``, then a count) through the dataset's ``check_files``; exit 1 if there is any."""
-    from anombench.api import ChecksFiles, data_action, known_categories
+    import inspect
 
-    dataset = factory(root=args.root, **_dataset_params(args.param))  # a wrong root fails here, with a hint
+    from anombench.api import ChecksFiles, data_action, known_categories
+    from anombench.params import signature_parameters, validate
+
+    root = signature_parameters(factory).get("root")
+    if not args.root and root is not None and root.default is inspect.Parameter.empty:
+        raise UserError(f"data check {args.dataset} needs --root DIR (it has no default folder)")
+    params = {"root": args.root} if args.root else {}  # no --root: the dataset's environment variable
+    params |= _dataset_params(args.param)
+    validate(f"data check {args.dataset}", factory, params, noun="--param")
+    dataset = factory(**params)  # a wrong root fails here, with a hint
+    where = args.root or f"the {args.dataset} root its environment variable names"
     if not isinstance(dataset, ChecksFiles):
         raise UserError(f"dataset '{args.dataset}' offers no file check (anombench.api.ChecksFiles)")
     table = data_action(factory, "check")
     if table is not None:
-        print(table(args.root))
+        print(table(args.root))  # None: the same environment variable as the dataset
     if args.categories:
         categories, problems = [c.strip() for c in args.categories.split(",")], []
     else:  # the whole dataset: a class it defines but the copy lacks makes the copy incomplete
@@ -249,9 +263,9 @@ def _data_check(args: argparse.Namespace, factory: Callable[..., object]) -> int
     if problems:
         more = len(problems) - SHOWN_PROBLEMS
         print("\n".join(problems[:SHOWN_PROBLEMS] + ([f"... and {more} more problem(s)"] if more > 0 else [])))
-        print(f"{len(problems)} problem(s) in {args.root}", file=sys.stderr)
+        print(f"{len(problems)} problem(s) in {where}", file=sys.stderr)
         return 1
-    print(f"no problems in {args.root}" + ("" if args.verify else " (add --verify to decode every file)"))
+    print(f"no problems in {where}" + ("" if args.verify else " (add --verify to decode every file)"))
     return 0
 
 
@@ -414,7 +428,8 @@ def build_parser() -> argparse.ArgumentParser:
                           formatter_class=argparse.RawDescriptionHelpFormatter)
     data.add_argument("action", choices=["download", "check"])
     data.add_argument("dataset", help="dataset plugin name, e.g. mvtec")
-    data.add_argument("--root", required=True, help="dataset root folder")
+    data.add_argument("--root", help="dataset root folder (required by download; check defaults to the dataset's "
+                                     "environment variable, e.g. ANOMBENCH_DATA_MVTEC)")
     data.add_argument("--url", help="download: archive URL (default: the dataset's official one)")
     data.add_argument("--sha256", help="download: expected archive checksum (default: the official one)")
     data.add_argument("--verify", action="store_true", help="check: decode every image and mask (parallel)")

@@ -170,6 +170,21 @@ def test_data_check_of_an_incomplete_copy_exits_non_zero(tmp_path, capsys):
     assert "missing category folder: carpet" in out and "missing category folder: bottle" not in out
 
 
+def test_data_check_reads_the_root_from_the_environment_and_names_what_is_missing(tmp_path, capsys, monkeypatch):
+    """``data check mvtec`` without --root uses ANOMBENCH_DATA_MVTEC, as a run does; a dataset with no default
+    folder (folder) and a download without --root are one-line errors."""
+    make_mvtec_category(tmp_path, defects={"crack": 1})
+    monkeypatch.setenv("ANOMBENCH_DATA_MVTEC", str(tmp_path))
+    assert main(["data", "check", "mvtec", "--categories", "bottle"]) == 0
+    out = capsys.readouterr().out
+    assert f"MVTec AD at {tmp_path}" in out and "no problems in the mvtec root its environment variable names" in out
+    assert main(["data", "check", "folder"]) == 2
+    assert capsys.readouterr().err.strip() == "anombench: error: data check folder needs --root DIR (it has no " \
+                                              "default folder)"
+    assert main(["data", "download", "mvtec"]) == 2
+    assert "data download mvtec needs --root DIR" in capsys.readouterr().err
+
+
 def test_data_check_verify_finds_a_truncated_image(tmp_path, capsys):
     folder = make_mvtec_category(tmp_path)
     path = folder / "test/crack/001.png"
