@@ -81,7 +81,8 @@ class Comparison:
         counts = self.counts()
         bound = (f"relative tolerance {self.tolerance:g}, either direction fails" if self.exact
                  else f"tolerance {self.tolerance:g} = {self.tolerance * 100:g}pt")
-        missing = f"; {len(self.missing)} cell(s) not compared" if self.missing else ""
+        cells = len({cell for cell, _ in self.missing})  # a cell may lack both figures and maps: counted once
+        missing = f"; {cells} cell(s) not fully compared" if self.missing else ""
         maps = f", {counts['changed']} map part(s) changed" if self.exact else ""
         return (f"{len(self.rows)} compared: {counts['better']} better, {counts['equal']} equal, "
                 f"{counts['worse']} worse{maps} ({bound}){missing}")

@@ -139,6 +139,10 @@ def test_missing_and_failed_cells_are_listed_once_with_their_reason(tmp_path, re
     alone = write_run(tmp_path / "alone", {CELL_A: FIGURES[CELL_A]})
     exact = compare_runs(alone, base, EXACT_RTOL, registry, exact=True)
     assert exact.missing == [(CELL_A, "the run wrote no fingerprint.json"), (CELL_B, "not in the run")]
+    figures_too = write_run(tmp_path / "bare", {CELL_A: {k: v for k, v in FIGURES[CELL_A].items() if k != "pro"}})
+    both = compare_runs(figures_too, base, EXACT_RTOL, registry, exact=True)
+    assert [cell for cell, _ in both.missing] == [CELL_A, CELL_A, CELL_B]  # no pro, no maps; not in the run
+    assert both.summary().endswith("; 2 cell(s) not fully compared")
 
 
 def test_different_suites_are_reported_before_the_rows(tmp_path, registry):
