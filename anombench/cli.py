@@ -195,7 +195,7 @@ def cmd_list(args: argparse.Namespace) -> int:
         for name in reg.names(kind):
             entry = reg.get(kind, name)
             params = ", ".join(allowed_parameters(entry.factory, RUNNER_SUPPLIED))
-            print(f"  {name:<24} {entry.distribution} {entry.version}  (plugin '{entry.plugin}')"
+            print(f"  {name:<24} {entry.distribution} {entry.version}  (entry point '{entry.plugin}')"
                   + (f"  params: {params}" if params else ""))
     print(f"suites (anombench run NAME): {', '.join(builtin_suites())}")
     if reg.broken:
@@ -246,7 +246,7 @@ def _data_check(args: argparse.Namespace, factory: Callable[..., object]) -> int
     params |= _dataset_params(args.param)
     validate(f"data check {args.dataset}", factory, params, noun="--param")
     dataset = factory(**params)  # a wrong root fails here, with a hint
-    where = args.root or f"the {args.dataset} root its environment variable names"
+    where = args.root or f"{args.dataset}'s root (from its environment variable)"
     if not isinstance(dataset, ChecksFiles):
         raise UserError(f"dataset '{args.dataset}' offers no file check (anombench.api.ChecksFiles)")
     table = data_action(factory, "check")

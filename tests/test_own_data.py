@@ -177,7 +177,7 @@ def test_data_check_reads_the_root_from_the_environment_and_names_what_is_missin
     monkeypatch.setenv("ANOMBENCH_DATA_MVTEC", str(tmp_path))
     assert main(["data", "check", "mvtec", "--categories", "bottle"]) == 0
     out = capsys.readouterr().out
-    assert f"MVTec AD at {tmp_path}" in out and "no problems in the mvtec root its environment variable names" in out
+    assert f"MVTec AD at {tmp_path}" in out and "no problems in mvtec's root (from its environment variable)" in out
     assert main(["data", "check", "folder"]) == 2
     assert capsys.readouterr().err.strip() == "anombench: error: data check folder needs --root DIR (it has no " \
                                               "default folder)"
