@@ -68,14 +68,31 @@ def bottle(split: str, batch_size: int = BATCH_SIZE, workers: int = 0) -> DataLo
     return DataLoader(data, batch_size=batch_size, shuffle=False, num_workers=workers, collate_fn=collate)
 
 
+def normal_batch(images: torch.Tensor, first: int) -> Batch:
+    """A batch of normal images (zero masks and labels) with ids counted from ``first``."""
+    count, size = images.shape[0], images.shape[-2:]
+    return Batch(images=images, masks=torch.zeros(count, *size, dtype=torch.uint8),
+                 labels=torch.zeros(count, dtype=torch.int64), ids=[str(first + i) for i in range(count)])
+
+
 def synthetic_batches(n: int, batch_size: int = BATCH_SIZE, size: int = 224) -> Iterator[Batch]:
     """n random 224x224 images, made batch by batch so that the data itself takes no memory."""
     g = torch.Generator().manual_seed(0)
     for start in range(0, n, batch_size):
-        count = min(batch_size, n - start)
-        yield Batch(images=torch.rand(count, 3, size, size, generator=g),
-                    masks=torch.zeros(count, size, size, dtype=torch.uint8),
-                    labels=torch.zeros(count, dtype=torch.int64), ids=[str(start + i) for i in range(count)])
+        yield normal_batch(torch.rand(min(batch_size, n - start), 3, size, size, generator=g), start)
+
+
+def augmented_bottle(n: int, batch_size: int = BATCH_SIZE) -> Iterator[Batch]:
+    """n real training images: bottle's 209 under the 8 rotations and flips of the square (all images under the
+    first, then the next), for statistics of real features from more images than the category has."""
+    images = torch.cat([batch.images for batch in bottle("train")])
+
+    def variant(i: int) -> torch.Tensor:
+        image, turn = images[i % len(images)], i // len(images)
+        return torch.rot90(image.flip(-1) if turn >= 4 else image, turn % 4, dims=(-2, -1))
+
+    for start in range(0, n, batch_size):
+        yield normal_batch(torch.stack([variant(i) for i in range(start, min(start + batch_size, n))]), start)
 
 
 def peak_rss_gb() -> float:

@@ -1,19 +1,24 @@
 """PaDiM memory, each measure in a fresh child process (run it under ``nice``: it measures memory, not time):
 
-1. ``rss``: fit peak RSS for N = 100 and N = 1000 synthetic 224x224 images: streaming statistics do not grow with N;
+1. ``rss``: fit peak RSS for N = 100 and N = 1000 synthetic 224x224 images and their ratio, for R18-Rd100 and
+   Lite0-all176 (float64 streaming statistics) and WR50-Rd550 (float32 embeddings, folded into float32 merged
+   statistics at 289 images): memory does not grow with N;
 2. ``storage``: the fitted model's size (row-block float32 Cholesky inverse factors) for WR50-Rd550 and
    Lite0-all176, and the proof that this storage changes nothing: image and pixel AUROC on the real bottle test
    set against a plain float64 numpy reference (per-position covariance of the stored training embeddings +
    eps I, solved densely), which is what the original implementation computes with its 3.8 GB of float32 inverses;
-3. ``wr50``: WR50-Rd550 (random init) fit peak RSS on the 209 bottle training images at 224, with the float64
-   streaming statistics (the fit before the memory-lean storage: ``STREAMING_STATISTICS_BYTES`` raised) and
-   with the default storage (float32 embeddings, group by group), and the two fits' test maps and AUROCs compared;
-4. ``stc``: the STC-size model, WR50-Rd550 at 256x256 (64x64 = 4096 positions), fit on N synthetic images and
-   scored, peak RSS (``--n`` images, default 300; 1000 exercises the fold into streaming statistics).
+3. ``wr50``: WR50-Rd550 (random init) fit peak RSS on the 209 bottle training images at 224 with three fit
+   storages: float64 streaming statistics (the fit before the memory-lean storage: ``STREAMING_STATISTICS_BYTES``
+   raised), float32 merged statistics from the first images (the storage of large N, forced) and the default
+   (float32 embeddings, group by group); the test maps and AUROCs of the last two against the first;
+4. ``large``: the same comparison at N = 1000 real images (bottle's training images rotated and flipped), where
+   the default fit folds its embeddings into float32 merged statistics: the accuracy of large fits;
+5. ``stc``: the STC-size model, WR50-Rd550 at 256x256 (64x64 = 4096 positions), fit on N = 300 and N = 1000
+   synthetic images and scored: peak RSS.
 
-    python benchmarks/bench_padim_memory.py [rss] [storage] [wr50] [stc] [--data MVTEC_ROOT] [--n N]
+    python benchmarks/bench_padim_memory.py [rss] [storage] [wr50] [large] [stc] [--data MVTEC_ROOT]
 
-``storage`` and ``wr50`` read bottle from ``--data`` or ``ANOMBENCH_DATA_MVTEC``.
+``storage``, ``wr50`` and ``large`` read bottle from ``--data`` or ``ANOMBENCH_DATA_MVTEC``.
 """
 
 from __future__ import annotations
@@ -31,12 +36,16 @@ import anombench_plugins.padim_head as padim_head
 from anombench_plugins.components import anomaly_maps
 from anombench_plugins.metrics import auroc
 from anombench_plugins.padim import PaDiM
+from anombench_plugins.padim_stats import EmbeddingStore
 
-from bench_padim_common import (CONFIGS, THREADS, bottle, mvtec_root, peak_rss_gb, run_child, synthetic_batches,
-                                take_data_argument)
+from bench_padim_common import (CONFIGS, THREADS, augmented_bottle, bottle, mvtec_root, peak_rss_gb, run_child,
+                                synthetic_batches, take_data_argument)
 
-RSS_CONFIGS = ("R18-Rd100", "Lite0-all176")
+RSS_CONFIGS = ("R18-Rd100", "Lite0-all176", "WR50-Rd550")
 STORAGE_CONFIGS = ("Lite0-all176", "WR50-Rd550")
+STC_SIZES = (300, 1000)
+LARGE_N = 1000
+PARTS = ("rss", "storage", "wr50", "large", "stc")
 EPS = 0.01
 
 
@@ -92,22 +101,27 @@ def storage_check(name: str) -> dict:
                 max_rel_map_diff=float(np.max(np.abs(our_maps - ref_maps) / np.abs(ref_maps))))
 
 
-def wr50_fit(storage: str, out: str) -> dict:
-    """WR50-Rd550 on bottle with the given fit storage ("streaming" = float64 statistics from the first image, as
-    before; "default" = what PaDiM picks): fit peak RSS, then the test maps saved to ``out`` for comparison."""
+def wr50_fit(storage: str, n: int, out: str) -> dict:
+    """WR50-Rd550 fit on bottle (n = 0: its 209 training images; else n rotated and flipped ones) with the given
+    fit storage ("streaming" = float64 statistics from the first image, as before; "merged" = float32 merged
+    statistics from the first STORE_CHUNK images on; "default" = what PaDiM picks): fit peak RSS and seconds, then
+    the test maps saved to ``out`` for comparison."""
     torch.set_num_threads(THREADS)
     if storage == "streaming":
         padim_head.STREAMING_STATISTICS_BYTES = float("inf")
+    if storage == "merged":
+        EmbeddingStore.full = lambda self: True
     model = PaDiM(**CONFIGS["WR50-Rd550"], device="cpu", seed=0)
     before = peak_rss_gb()
-    model.fit(bottle("train"))
-    fit_peak = peak_rss_gb()
+    start = time.perf_counter()
+    model.fit(augmented_bottle(n) if n else bottle("train"))
+    fit_s, fit_peak = time.perf_counter() - start, peak_rss_gb()
     scores = [(model.score_maps(batch), batch) for batch in bottle("test")]
     maps = np.concatenate([s.maps for s, _ in scores])
     masks = np.concatenate([b.masks.numpy() for _, b in scores])
     labels = np.concatenate([b.labels.numpy() for _, b in scores])
     np.savez(out, maps=maps, masks=masks, labels=labels)
-    return dict(storage=storage, before_gb=before, fit_peak_gb=fit_peak, peak_gb=peak_rss_gb())
+    return dict(storage=storage, before_gb=before, fit_peak_gb=fit_peak, peak_gb=peak_rss_gb(), fit_s=fit_s)
 
 
 def stc_size(n: int) -> dict:
@@ -121,33 +135,43 @@ def stc_size(n: int) -> dict:
     return dict(n=n, fit_peak_gb=fit_peak, peak_gb=peak_rss_gb(), model_gb=model.model_bytes() / 1e9)
 
 
-def compare_wr50() -> None:
+def compare_wr50(n: int, storages: tuple[str, ...]) -> None:
+    """Fit WR50-Rd550 on n bottle images (0: the 209 training images) with each storage, in its own child, and
+    compare each fit's test maps and AUROCs with the first's (float64 streaming statistics)."""
     mvtec_root()  # a missing data root is one line here, not a child's traceback
-    print("WR50-Rd550 (random init) on bottle, 209 train / 83 test images at 224, batch 32, 2 threads")
-    print(f"{'fit storage':<12}{'RSS before fit GB':>19}{'fit peak RSS GB':>17}{'peak RSS GB':>13}")
+    images = f"{n} rotated and flipped" if n else "209"
+    print(f"WR50-Rd550 (random init) on bottle, {images} train / 83 test images at 224, batch 32, 2 threads")
+    print(f"{'fit storage':<12}{'RSS before fit GB':>19}{'fit peak RSS GB':>17}{'peak RSS GB':>13}{'fit s':>8}"
+          f"{'max rel map diff':>18}{'image AUROC':>13}{'pixel AUROC':>13}")
     with tempfile.TemporaryDirectory() as tmp:
-        results = {}
-        for storage in ("streaming", "default"):
+        reference = None
+        for storage in storages:
             out = str(Path(tmp) / f"{storage}.npz")
-            r = run_child(__file__, "wr50", storage, out)
-            print(f"{storage:<12}{r['before_gb']:>19.2f}{r['fit_peak_gb']:>17.2f}{r['peak_gb']:>13.2f}", flush=True)
-            results[storage] = np.load(out)
-        a, b = results["streaming"], results["default"]
-        rel = float(np.max(np.abs(a["maps"] - b["maps"]) / np.maximum(np.abs(a["maps"]), 1e-12)))
-        image = [auroc(r["maps"].reshape(len(r["maps"]), -1).max(1), r["labels"]) for r in (a, b)]
-        pixel = [auroc(r["maps"].ravel(), r["masks"].ravel()) for r in (a, b)]
-        print(f"max relative map difference {rel:.2e}; image AUROC {image[0]:.8f} / {image[1]:.8f}; "
-              f"pixel AUROC {pixel[0]:.8f} / {pixel[1]:.8f}")
+            r = run_child(__file__, "wr50", storage, str(n), out)
+            maps = np.load(out)
+            reference = maps if reference is None else reference
+            rel = np.max(np.abs(maps["maps"] - reference["maps"]) / np.maximum(np.abs(reference["maps"]), 1e-12))
+            image = auroc(maps["maps"].reshape(len(maps["maps"]), -1).max(1), maps["labels"])
+            pixel = auroc(maps["maps"].ravel(), maps["masks"].ravel())
+            print(f"{storage:<12}{r['before_gb']:>19.2f}{r['fit_peak_gb']:>17.2f}{r['peak_gb']:>13.2f}"
+                  f"{r['fit_s']:>8.1f}{rel:>18.2e}{image:>13.8f}{pixel:>13.8f}", flush=True)
 
 
-def main(parts: list[str], n_stc: int) -> None:
+def compare_rss() -> None:
+    print("fit peak RSS, synthetic 224x224 images, batch 32, 2 threads (R18 and WR50 random init, Lite0 real)")
+    print(f"{'config':<14}{'N':>6}{'RSS before fit GB':>19}{'peak RSS GB':>13}{'fit s':>8}{'peak / N=100':>14}")
+    for name in RSS_CONFIGS:
+        first = None
+        for n in (100, 1000):
+            r = run_child(__file__, "rss", name, str(n))
+            first = first or r["peak_gb"]
+            print(f"{name:<14}{n:>6}{r['before_gb']:>19.2f}{r['peak_gb']:>13.2f}{r['fit_s']:>8.1f}"
+                  f"{r['peak_gb'] / first:>14.3f}", flush=True)
+
+
+def main(parts: list[str]) -> None:
     if "rss" in parts:
-        print("fit peak RSS, synthetic 224x224 images, batch 32, 2 threads (R18 random init, Lite0 real weights)")
-        print(f"{'config':<14}{'N':>6}{'RSS before fit GB':>19}{'peak RSS GB':>13}{'fit s':>8}")
-        for name in RSS_CONFIGS:
-            for n in (100, 1000):
-                r = run_child(__file__, "rss", name, str(n))
-                print(f"{name:<14}{n:>6}{r['before_gb']:>19.2f}{r['peak_gb']:>13.2f}{r['fit_s']:>8.1f}", flush=True)
+        compare_rss()
     if "storage" in parts:
         print("fitted model size and AUROC vs a float64 numpy reference, bottle (WR50 random init, Lite0 real)")
         print(f"{'config':<14}{'model GB':>9}{'dense f32 GB':>13}{'image AUROC ours/ref':>24}"
@@ -158,11 +182,15 @@ def main(parts: list[str], n_stc: int) -> None:
                   f"{r['image_ours']:>12.6f}/{r['image_ref']:.6f}{r['pixel_ours']:>14.6f}/{r['pixel_ref']:.6f}"
                   f"{r['max_rel_map_diff']:>18.2e}", flush=True)
     if "wr50" in parts:
-        compare_wr50()
+        compare_wr50(0, ("streaming", "merged", "default"))
+    if "large" in parts:
+        compare_wr50(LARGE_N, ("streaming", "default"))
     if "stc" in parts:
-        r = run_child(__file__, "stc", str(n_stc))
-        print(f"STC size, WR50-Rd550 at 256x256 (4096 positions), {r['n']} synthetic train images + 16 scored: "
-              f"fit peak RSS {r['fit_peak_gb']:.2f} GB, peak {r['peak_gb']:.2f} GB, model {r['model_gb']:.2f} GB")
+        print("STC size, WR50-Rd550 at 256x256 (4096 positions), synthetic train images + 16 scored")
+        print(f"{'N':>6}{'fit peak RSS GB':>17}{'peak RSS GB':>13}{'model GB':>10}")
+        for n in STC_SIZES:
+            r = run_child(__file__, "stc", str(n))
+            print(f"{n:>6}{r['fit_peak_gb']:>17.2f}{r['peak_gb']:>13.2f}{r['model_gb']:>10.2f}", flush=True)
 
 
 def child(kind: str, *args: str) -> dict:
@@ -171,7 +199,7 @@ def child(kind: str, *args: str) -> dict:
     if kind == "storage":
         return storage_check(args[0])
     if kind == "wr50":
-        return wr50_fit(args[0], args[1])
+        return wr50_fit(args[0], int(args[1]), args[2])
     return stc_size(int(args[0]))
 
 
@@ -180,6 +208,4 @@ if __name__ == "__main__":
     if argv[:1] == ["--child"]:
         print(json.dumps(child(*argv[1:])))
     else:
-        n_stc = int(argv[argv.index("--n") + 1]) if "--n" in argv else 300
-        parts = [a for a in argv if a in ("rss", "storage", "wr50", "stc")]
-        main(parts or ["rss", "storage", "wr50", "stc"], n_stc)
+        main([a for a in argv if a in PARTS] or list(PARTS))

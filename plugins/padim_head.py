@@ -21,23 +21,30 @@ from anombench.api import Batch, NotFitted, Scores
 from anombench.errors import UserError
 from anombench.params import check_config
 from anombench_plugins.backbones import FeatureMaps, LayerSpec
-from anombench_plugins.components import PretrainedExtraction, PretrainedFeatures, anomaly_maps, max_scores
+from anombench_plugins.components import (
+    PretrainedExtraction,
+    PretrainedFeatures,
+    anomaly_maps,
+    max_scores,
+    return_freed_memory,
+)
 from anombench_plugins.modelfile import build_from_config, config_of, read_model_file, write_model_file
 from anombench_plugins.padim_stats import (
     EmbeddingStore,
     LowerRowBlocks,
+    MergedMoments,
     Moments,
     PatchGaussian,
     StreamingMoments,
-    position_groups,
     principal_axes,
 )
 
 Reduction = Literal["random", "pca", "none"]
 PAPER_N_FEATURES = {"resnet18": 100, "wide_resnet50_2": 550}  # Rd-100 and Rd-550; other backbones keep all
-MEMORY_FRACTION = 0.8  # of the available RAM the float64 fit statistics may take
+MEMORY_FRACTION = 0.8  # of the available RAM the fit statistics may take
 # float64 statistics up to this size are streamed from the first image (R18-Rd100: 0.15 GB, Lite0-all176:
-# 0.44 GB); bigger ones (R18-all448: 2.6 GB, WR50-Rd550: 3.96 GB) start as the float32 embeddings
+# 0.44 GB); bigger ones (R18-all448: 2.6 GB, WR50-Rd550: 3.99 GB) start as the float32 embeddings, merged into
+# float32 statistics (MergedMoments, half the size) when they outgrow them
 STREAMING_STATISTICS_BYTES = 1e9
 STORE_CHUNK = 8  # images per embedding kept by the embedding store
 
@@ -102,18 +109,22 @@ class PadimHead:
 
     def fit_step(self, features: FeatureMaps) -> None:
         """Streaming statistics take the batch's embedding at once (as they always have: same sums, same bits);
-        the embedding store takes it STORE_CHUNK images at a time, so the batch's float32 embedding (WR50-Rd550,
-        batch 32: 0.22 GB) is never whole in memory next to the stored copy."""
+        the embedding store, and the merged statistics it folds into, take it STORE_CHUNK images at a time, so the
+        batch's float32 embedding (WR50-Rd550, batch 32: 0.22 GB) is never whole in memory next to them. Those
+        two hand the freed memory back first (the backbone's activations, which glibc keeps: WR50, batch 32:
+        0.2 GB) and last (their own temporaries), so that neither comes on top of the other."""
         if self.moments is None:
             self.moments = self._new_moments(*self._embedding_shape(features), features[self.layers[0]].device)
         if isinstance(self.moments, StreamingMoments):
             self.moments.update(self.embedding(features))
             return
+        return_freed_memory()
         for start in range(0, features[self.layers[0]].shape[0], STORE_CHUNK):
             part = {name: features[name][start:start + STORE_CHUNK] for name in self.layers}
             self.moments.update(self.embedding(part))
             if isinstance(self.moments, EmbeddingStore) and self.moments.full():
                 self.moments = self.moments.folded(features[self.layers[0]].device)
+        return_freed_memory()
 
     def _embedding_shape(self, features: FeatureMaps) -> tuple[int, int]:
         """(positions, dim) of the embedding, from the maps' shapes alone."""
@@ -124,16 +135,15 @@ class PadimHead:
     @staticmethod
     def _new_moments(positions: int, dim: int, device: torch.device) -> Moments:
         """Streaming float64 statistics when they are small (fixed memory whatever the number of images), else
-        the float32 embeddings until they would outweigh those statistics (see ``padim_stats``)."""
-        needed = StreamingMoments.nbytes_for(positions, dim)
+        the float32 embeddings until they would outweigh float32 merged statistics (see ``padim_stats``)."""
+        streaming = StreamingMoments.nbytes_for(positions, dim) <= STREAMING_STATISTICS_BYTES
+        needed = StreamingMoments.nbytes_for(positions, dim) if streaming else MergedMoments.nbytes_for(positions, dim)
         available = psutil.virtual_memory().available
         if needed > MEMORY_FRACTION * available:
-            raise UserError(f"PaDiM fit statistics for {dim} dims x {positions} positions need {needed / 1e9:.1f} GB "
-                            f"of float64, more than {MEMORY_FRACTION:.0%} of the {available / 1e9:.1f} GB available; "
+            raise UserError(f"PaDiM fit statistics for {dim} dims x {positions} positions need {needed / 1e9:.1f} GB, "
+                            f"more than {MEMORY_FRACTION:.0%} of the {available / 1e9:.1f} GB available; "
                             "use reduction 'random' with a smaller n_features")
-        if needed <= STREAMING_STATISTICS_BYTES:
-            return StreamingMoments(positions, dim, device)
-        return EmbeddingStore(positions, dim)
+        return StreamingMoments(positions, dim, device) if streaming else EmbeddingStore(positions, dim)
 
     def fit_end(self) -> None:
         if self.moments is None or self.moments.count < 2:
@@ -174,7 +184,7 @@ class PadimHead:
     def load_state(self, state: dict[str, torch.Tensor], prefix: str, device: torch.device) -> None:
         mean = state[f"{prefix}mean"].to(device)
         whiteners = []
-        for g in range(len(position_groups(mean.shape[0]))):
+        for g in range(len({key.split(".")[-2] for key in state if key.startswith(f"{prefix}whitener.")})):
             count = sum(1 for key in state if key.startswith(f"{prefix}whitener.{g}."))
             whiteners.append(LowerRowBlocks([state[f"{prefix}whitener.{g}.{k}"].to(device) for k in range(count)]))
         self.gaussian = PatchGaussian(mean, whiteners)
@@ -254,7 +264,9 @@ class PadimMethod(PretrainedExtraction):
 
     def preflight(self) -> None:
         """Unknown backbone or layer, missing weights file, out-of-range ``n_features``/``eps``/``reduction``: one
-        line each, before any cell, without reading weights or building the model."""
+        line each, before any cell, without reading weights or building the model. The values come first: a bad
+        ``eps`` is named even where the weights are missing too."""
+        check_config(self, self.NAME)
         self.features.preflight()
         self.head_shapes()
 

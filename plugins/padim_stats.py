@@ -22,7 +22,9 @@ Numerics, and why:
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import math
+from collections.abc import Callable, Iterable
+from functools import partial
 
 import numpy as np
 import torch
@@ -35,8 +37,10 @@ from anombench_plugins.components import return_freed_memory
 ROW_BLOCK = 24  # WR50-Rd550: 1.98 GB (16: 1.95 GB but ~25% slower products; 32: 2.01 GB, over the 2.0 GB budget)
 INVERSE_CHECK_POSITIONS = 8
 INVERSE_CHECK_TOLERANCE = 1e-4  # relative Frobenius error of W^T W against numpy's float64 inverse
-POSITION_GROUPS = 8
+POSITION_GROUPS = 32
+MERGED_ROW_BLOCK = 8  # the float32 scatter of MergedMoments, WR50-Rd550: 1.94 GB (24 rows: 1.99 GB, the model's)
 CHUNK_BYTES = 4e6  # one dense float64 temporary in fit_end; about ten are alive at once
+MERGE_BYTES = 8e6  # the float64 deviations of one merge step of ``MergedMoments``
 
 
 # ---------------------------------------------------------------------------------------------- storage
@@ -54,14 +58,15 @@ class LowerRowBlocks:
         self.bounds = [0] + [int(b.shape[2]) for b in blocks]
 
     @staticmethod
-    def shapes(dim: int) -> list[tuple[int, int]]:
-        """(rows, columns) of each block for D = dim."""
-        ends = list(range(ROW_BLOCK, dim, ROW_BLOCK)) + [dim]
+    def shapes(dim: int, rows: int = ROW_BLOCK) -> list[tuple[int, int]]:
+        """(rows, columns) of each block for D = dim and blocks of ``rows`` rows."""
+        ends = list(range(rows, dim, rows)) + [dim]
         return [(e - s, e) for s, e in zip([0] + ends[:-1], ends)]
 
     @classmethod
-    def zeros(cls, positions: int, dim: int, dtype: torch.dtype, device: torch.device | str) -> LowerRowBlocks:
-        return cls([torch.zeros(positions, r, c, dtype=dtype, device=device) for r, c in cls.shapes(dim)])
+    def zeros(cls, positions: int, dim: int, dtype: torch.dtype, device: torch.device | str,
+              rows: int = ROW_BLOCK) -> LowerRowBlocks:
+        return cls([torch.zeros(positions, r, c, dtype=dtype, device=device) for r, c in cls.shapes(dim, rows)])
 
     @property
     def dim(self) -> int:
@@ -93,6 +98,14 @@ class LowerRowBlocks:
         for k, block in enumerate(self.blocks):
             block[positions] = lower[:, self._rows(k), : self.bounds[k + 1]].to(block.dtype)
 
+    def add_gram_rounded(self, positions: slice, x: torch.Tensor) -> None:
+        """Add the lower triangle of x^T x to the matrices at ``positions``; x is (p, n, D) in a wider dtype than
+        this storage's, in which each block's product and sum are taken and then rounded once. Block by block, so
+        the wide temporaries are one block's, not a triangle's."""
+        for k, block in enumerate(self.blocks):
+            product = torch.bmm(x[:, :, self._rows(k)].transpose(1, 2), x[:, :, : self.bounds[k + 1]])
+            block[positions] = product.add_(block[positions])
+
     def squared_norms(self, d: torch.Tensor) -> torch.Tensor:
         """||L d||^2 for every position and vector; d is (positions, n, D), the result (positions, n)."""
         total = d.new_zeros(d.shape[:2])
@@ -110,10 +123,15 @@ def position_groups(positions: int) -> list[slice]:
     return [slice(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:])]
 
 
-def position_chunks(positions: int, dim: int) -> Iterable[slice]:
-    """Slices of positions whose dense float64 D x D temporaries stay near CHUNK_BYTES."""
-    step = max(1, int(CHUNK_BYTES // (dim * dim * 8)))
+def position_chunks(positions: int, nbytes: int, budget: float = CHUNK_BYTES) -> Iterable[slice]:
+    """Slices of positions whose temporaries, ``nbytes`` for each position, stay near ``budget``."""
+    step = max(1, int(budget // nbytes))
     return (slice(s, min(s + step, positions)) for s in range(0, positions, step))
+
+
+def triangle_size(dim: int, rows: int = ROW_BLOCK) -> int:
+    """Values stored for one dim x dim lower triangle in row blocks of ``rows`` rows."""
+    return sum(r * c for r, c in LowerRowBlocks.shapes(dim, rows))
 
 
 def symmetric_from_lower(lower: torch.Tensor) -> torch.Tensor:
@@ -154,7 +172,8 @@ class Moments:
 
     def chunks(self, dim: int) -> Iterable[tuple[int, slice]]:
         """(group, positions within it) covering every position, sized for dim x dim float64 temporaries."""
-        return ((i, chunk) for i, g in enumerate(self.groups) for chunk in position_chunks(g.stop - g.start, dim))
+        return ((i, chunk) for i, g in enumerate(self.groups)
+                for chunk in position_chunks(g.stop - g.start, dim * dim * 8))
 
     def pooled_covariance(self) -> torch.Tensor:
         """Covariance of all training vectors of all positions together (dim, dim): the PCA target.
@@ -169,9 +188,8 @@ class Moments:
 
 
 class StreamingMoments(Moments):
-    """Per-position count, mean and scatter of vectors seen batch by batch, in float64, by position group. A
-    group's scatter is allocated when its first vectors arrive, so folding an ``EmbeddingStore`` in group by group
-    never holds both whole."""
+    """Per-position count, mean and scatter of vectors seen batch by batch, in float64, by position group: the
+    statistics of small embeddings (up to ``STREAMING_STATISTICS_BYTES`` in ``padim_head``)."""
 
     def __init__(self, positions: int, dim: int, device: torch.device | str) -> None:
         self.positions, self.dim, self.count, self.device = positions, dim, 0, device
@@ -182,8 +200,7 @@ class StreamingMoments(Moments):
 
     @staticmethod
     def nbytes_for(positions: int, dim: int) -> int:
-        stored = sum(r * c for r, c in LowerRowBlocks.shapes(dim))
-        return 8 * positions * (stored + 2 * dim)
+        return 8 * positions * (triangle_size(dim) + 2 * dim)
 
     @property
     def nbytes(self) -> int:
@@ -220,12 +237,80 @@ class StreamingMoments(Moments):
         self.scatter[group] = None
 
 
+class MergedMoments(Moments):
+    """Per-position count, float64 mean and float32 lower triangle of the scatter about that mean, by position
+    group: the streaming statistics of large embeddings, a little smaller than the fitted model (WR50-Rd550:
+    1.94 GB, half of ``StreamingMoments``) whatever the number of images.
+
+    Each batch is merged by Chan et al.'s pairwise update: its mean and scatter are computed in float64 a few
+    positions at a time (temporaries near MERGE_BYTES), M2 += M2_b + delta delta^T n_a n_b / n is summed in
+    float64 and rounded to float32 once per batch, and the mean stays float64. A group's scatter is allocated when
+    its first vectors arrive, so folding an ``EmbeddingStore`` in group by group never holds both whole."""
+
+    def __init__(self, positions: int, dim: int, device: torch.device | str) -> None:
+        self.positions, self.dim, self.count, self.device = positions, dim, 0, device
+        self.groups = position_groups(positions)
+        self.average = torch.zeros(positions, dim, dtype=torch.float64, device=device)
+        self.scatter: list[LowerRowBlocks | None] = [None] * len(self.groups)
+
+    @staticmethod
+    def nbytes_for(positions: int, dim: int) -> int:
+        return positions * (4 * triangle_size(dim, MERGED_ROW_BLOCK) + 8 * dim)
+
+    @property
+    def nbytes(self) -> int:
+        return 8 * self.positions * self.dim + sum(s.nbytes for s in self.scatter if s is not None)
+
+    def update(self, x: torch.Tensor) -> None:
+        """Merge vectors x of shape (positions, n, dim)."""
+        for group, rows in enumerate(self.groups):
+            self.merge(group, x[rows].__getitem__, x.shape[1])
+        self.count += x.shape[1]
+
+    def merge(self, group: int, vectors: Callable[[slice], torch.Tensor], n: int) -> None:
+        """Merge n new vectors into one group; ``vectors(positions)`` gives them (p, n, dim) for positions counted
+        within the group. The caller counts the images once for all groups."""
+        rows = self.groups[group]
+        size = rows.stop - rows.start
+        if self.scatter[group] is None:
+            self.scatter[group] = LowerRowBlocks.zeros(size, self.dim, torch.float32, self.device, MERGED_ROW_BLOCK)
+        average = self.average[rows]  # a view: updated in place
+        weight = math.sqrt(self.count * n / (self.count + n))
+        for chunk in position_chunks(size, 8 * (n + 1) * self.dim, MERGE_BYTES):
+            # the batch's deviations from its mean, and one more row, delta sqrt(n_a n_b / n), so that their gram
+            # is M2_b + delta delta^T n_a n_b / n: one float64 buffer
+            deviations = torch.empty(chunk.stop - chunk.start, n + 1, self.dim, dtype=torch.float64,
+                                     device=self.device)
+            x = deviations[:, :n]
+            x.copy_(vectors(chunk))
+            batch_mean = x.mean(1)
+            delta = batch_mean - average[chunk]
+            x.sub_(batch_mean[:, None, :])
+            deviations[:, n] = weight * delta
+            self.scatter[group].add_gram_rounded(chunk, deviations)
+            average[chunk] += delta * (n / (self.count + n))
+
+    def mean(self) -> torch.Tensor:
+        return self.average
+
+    def covariance(self, group: int, positions: slice) -> torch.Tensor:
+        self._check_count()
+        scatter = symmetric_from_lower(self.scatter[group].dense(positions)).to(torch.float64)
+        return scatter / (self.count - 1)
+
+    def release(self, group: int) -> None:
+        """Free a group's scatter and give its pages back (row blocks of 8 rows are mid-size blocks, which glibc
+        keeps and the model's larger blocks cannot reuse)."""
+        self.scatter[group] = None
+        return_freed_memory()
+
+
 class EmbeddingStore(Moments):
     """The training embeddings themselves, float32 as the backbone gave them, by position group: exact, and
-    cheaper than ``StreamingMoments`` while n x dim float32 values per position take fewer bytes than the float64
-    triangle of a dim x dim scatter (WR50-Rd550 on 209 images: 1.44 GB instead of 3.96 GB). Means and
+    cheaper than ``MergedMoments`` while n x dim float32 values per position take fewer bytes than the float32
+    triangle of a dim x dim scatter (WR50-Rd550 on 209 images: 1.44 GB instead of 1.99 GB). Means and
     covariances are computed at fit_end in float64, two-pass, one group at a time, and each group is freed once
-    its factors exist. ``full`` says when folding into ``StreamingMoments`` (``folded``) becomes cheaper."""
+    its factors exist. ``full`` says when folding into ``MergedMoments`` (``folded``) becomes cheaper."""
 
     def __init__(self, positions: int, dim: int) -> None:
         self.positions, self.dim, self.count = positions, dim, 0
@@ -237,7 +322,7 @@ class EmbeddingStore(Moments):
         return sum(t.numel() * t.element_size() for parts in self.parts if parts for t in parts)
 
     def full(self) -> bool:
-        return self.nbytes >= StreamingMoments.nbytes_for(self.positions, self.dim)
+        return self.nbytes >= MergedMoments.nbytes_for(self.positions, self.dim)
 
     def update(self, x: torch.Tensor) -> None:
         """Keep vectors x of shape (positions, n, dim): a copy per group, so each group can be freed alone."""
@@ -249,11 +334,16 @@ class EmbeddingStore(Moments):
         return torch.cat([sum(part.sum(1, dtype=torch.float64) for part in parts) / self.count
                           for parts in self.parts])
 
+    def vectors(self, group: int, positions: slice) -> torch.Tensor:
+        """All stored vectors (p, count, dim) of a few positions, gathered from the batches' parts: a group's parts
+        are never joined into one tensor, which would hold the group twice (and glibc keeps freed mid-size
+        blocks)."""
+        return torch.cat([part[positions] for part in self.parts[group]], dim=1)
+
     def covariance(self, group: int, positions: slice) -> torch.Tensor:
-        """Two-pass float64 covariance of a few positions, gathered from the batches' parts: a group's parts are
-        never joined into one tensor, which would hold the group twice (and glibc keeps freed mid-size blocks)."""
+        """Two-pass float64 covariance of a few positions."""
         self._check_count()
-        x = torch.cat([part[positions] for part in self.parts[group]], dim=1).to(torch.float64)
+        x = self.vectors(group, positions).to(torch.float64)
         centred = x - x.mean(1, keepdim=True)
         return centred.transpose(1, 2) @ centred / (self.count - 1)
 
@@ -263,12 +353,12 @@ class EmbeddingStore(Moments):
         self.parts[group] = None
         return_freed_memory()
 
-    def folded(self, device: torch.device | str) -> StreamingMoments:
-        """The same statistics as ``StreamingMoments``, built group by group while the embeddings are freed."""
-        moments = StreamingMoments(self.positions, self.dim, device)
+    def folded(self, device: torch.device | str) -> MergedMoments:
+        """The same statistics as ``MergedMoments``, built group by group while the embeddings are freed: each
+        group's embeddings are merged as one batch, so float32 rounds once."""
+        moments = MergedMoments(self.positions, self.dim, device)
         for group in range(len(self.groups)):
-            for part in self.parts[group]:
-                moments.add_to_group(group, part)
+            moments.merge(group, partial(self.vectors, group), self.count)
             self.release(group)
         moments.count = self.count
         return moments
@@ -313,7 +403,8 @@ class PatchGaussian:
     def __init__(self, mean: torch.Tensor, whiteners: list[LowerRowBlocks]) -> None:
         self.mean = mean
         self.whiteners = whiteners
-        self.groups = position_groups(mean.shape[0])
+        ends = np.cumsum([w.blocks[0].shape[0] for w in whiteners]).tolist()
+        self.groups = [slice(a, b) for a, b in zip([0] + ends[:-1], ends)]  # as stored: a file keeps its grouping
 
     @classmethod
     def from_moments(cls, moments: Moments, eps: float,

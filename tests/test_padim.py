@@ -20,6 +20,7 @@ from anombench_plugins.padim_head import position_major_embedding
 from anombench_plugins.padim_stats import (
     EmbeddingStore,
     LowerRowBlocks,
+    MergedMoments,
     PatchGaussian,
     StreamingMoments,
     check_inverse,
@@ -176,7 +177,7 @@ def test_streaming_moments_match_numpy_whatever_the_batching():
     for part in np.split(x, [1, 2, 20, 33]):  # a first batch of one image too
         moments.update(torch.from_numpy(part).permute(1, 0, 2))
     covariances = torch.cat([moments.covariance(group, chunk) for group, chunk in moments.chunks(6)]).numpy()
-    assert len(moments.groups) == 8 and covariances.shape == (11, 6, 6)
+    assert len(moments.groups) == 11 and covariances.shape == (11, 6, 6)  # fewer positions than groups: one each
     for p in range(11):
         np.testing.assert_allclose(moments.mean()[p].numpy(), x[:, p].mean(0), rtol=1e-12)
         np.testing.assert_allclose(covariances[p], np.cov(x[:, p], rowvar=False), rtol=1e-9, atol=1e-12)
@@ -184,23 +185,40 @@ def test_streaming_moments_match_numpy_whatever_the_batching():
                                rtol=1e-9, atol=1e-12)
 
 
-def test_embedding_store_gives_the_streaming_statistics_and_folds_into_them():
-    """The memory-lean storage (float32 embeddings) equals the float64 streaming moments, before and after it is
-    folded into them, and frees each position group on release."""
+def test_merged_moments_match_numpy_to_float32_precision_whatever_the_batching():
+    """Float32 scatter merged batch by batch (Chan et al.): far from zero with small spread, one image first."""
+    x = 1e4 + RNG.normal(size=(50, 11, 6)) * RNG.uniform(0.01, 2, size=6)
+    moments = MergedMoments(positions=11, dim=6, device="cpu")
+    for part in np.split(x.astype(np.float32), [1, 2, 20, 33]):
+        moments.update(torch.from_numpy(part).permute(1, 0, 2))
+    covariances = torch.cat([moments.covariance(group, chunk) for group, chunk in moments.chunks(6)]).numpy()
+    exact = x.astype(np.float32).astype(np.float64)  # what the merge was given
+    assert moments.count == 50 and moments.nbytes == MergedMoments.nbytes_for(11, 6)
+    for p in range(11):
+        np.testing.assert_allclose(moments.mean()[p].numpy(), exact[:, p].mean(0), rtol=1e-12)
+        expected = np.cov(exact[:, p], rowvar=False)
+        np.testing.assert_allclose(covariances[p], expected, rtol=0, atol=4e-7 * np.abs(expected).max())
+
+
+def test_embedding_store_gives_the_streaming_statistics_and_folds_into_merged_ones():
+    """The memory-lean storage (float32 embeddings) equals the float64 streaming moments, and, folded into float32
+    merged moments, them to float32 precision; each position group is freed on release."""
     x = (3 + RNG.normal(size=(40, 11, 6)) * RNG.uniform(0.1, 2, size=6)).astype(np.float32)
     streaming, store = StreamingMoments(11, 6, "cpu"), EmbeddingStore(11, 6)
     for part in np.split(x, [7, 20]):
         batch = torch.from_numpy(part).permute(1, 0, 2).contiguous()
         streaming.update(batch)
         store.update(batch)
-    assert store.nbytes == x.nbytes and store.full()  # 40 images of 6 dims outweigh 6 x 6 float64 statistics
+    assert store.nbytes == x.nbytes and store.full()  # 40 images of 6 dims outweigh 6 x 6 float32 statistics
     expected = torch.cat([streaming.covariance(g, c) for g, c in streaming.chunks(6)])
     torch.testing.assert_close(torch.cat([store.covariance(g, c) for g, c in store.chunks(6)]), expected)
     torch.testing.assert_close(store.mean(), streaming.mean())
     torch.testing.assert_close(store.pooled_covariance(), streaming.pooled_covariance())
     folded = store.folded("cpu")
     assert store.nbytes == 0 and folded.count == 40
-    torch.testing.assert_close(torch.cat([folded.covariance(g, c) for g, c in folded.chunks(6)]), expected)
+    torch.testing.assert_close(torch.cat([folded.covariance(g, c) for g, c in folded.chunks(6)]), expected,
+                               rtol=1e-6, atol=1e-7)
+    torch.testing.assert_close(folded.mean(), streaming.mean(), rtol=1e-12, atol=1e-12)
 
 
 @pytest.mark.parametrize("reduction,n_features", [("random", 40), ("pca", 12)])
@@ -345,6 +363,20 @@ def test_save_and_load_give_the_same_scores(tmp_path):
     assert path.read_bytes()[8:9] == b"{"  # safetensors: an 8-byte length then a JSON header, no pickle
     with pytest.raises(UserError, match="does not exist"):
         PaDiM.load(tmp_path / "missing.safetensors")
+
+
+def test_a_model_file_keeps_the_position_groups_it_was_written_with(tmp_path, monkeypatch):
+    """A file written with other groups (8 before they became 32) loads as written and scores the same."""
+    import anombench_plugins.padim_stats as stats_module
+
+    monkeypatch.setattr(stats_module, "POSITION_GROUPS", 3)
+    model = tiny_fitted()
+    model.save(tmp_path / "padim.safetensors")
+    monkeypatch.undo()
+    loaded = PaDiM.load(tmp_path / "padim.safetensors")
+    assert len(loaded.head.gaussian.whiteners) == 3
+    batch = make_batch(random_images(2, 32, 32, seed=9))
+    np.testing.assert_array_equal(loaded.score_maps(batch).maps, model.score_maps(batch).maps)
 
 
 def test_model_bytes_counts_the_fitted_state_and_wr50_rd550_fits_in_2gb():
