@@ -412,6 +412,14 @@ def test_bad_parameters_raise_one_user_error_in_preflight_and_fit_not_in_the_con
         model.fit([make_batch(random_images(2, 32, 32))])
 
 
+def test_a_bad_value_is_named_before_a_missing_weights_file(tmp_path):
+    """preflight checks the values first: a user with both a bad eps and no weights learns about eps (found by a
+    new-user trial, where the missing ResNet-18 weights hid it)."""
+    model = PaDiM(backbone="resnet18", weights=str(tmp_path / "absent.pth"), eps=0.0)
+    with pytest.raises(UserError, match=r"^PaDiM parameter eps: must be > 0, got 0.0$"):
+        model.preflight()
+
+
 def test_constructor_builds_nothing_and_keeps_its_arguments(monkeypatch):
     from anombench_plugins import backbones
 
