@@ -5,9 +5,10 @@ Numerics, and why:
   vectors and the float64 lower triangle of their scatter matrix. Memory is fixed by positions x dim^2, never by
   the number of images, and shifting before summing keeps the one-pass formula free of cancellation.
 - When those float64 statistics would be large (WR50-Rd550: 3.96 GB, twice its fitted model), the fit keeps
-  the float32 embeddings instead while they are the smaller of the two (``EmbeddingStore``: 1.44 GB for 209
-  images, exact), and folds them into the streaming statistics if more images come; either way memory never
-  exceeds the streaming statistics', and each position group is freed as soon as its factors are stored.
+  the float32 embeddings instead while they are small (``EmbeddingStore``: 1.44 GB for 209 images, exact), and
+  folds them, if more images come, into float32 merged statistics the size of the model (``MergedMoments``:
+  Chan et al.'s pairwise update with float64 batch temporaries, 1.94 GB), so memory stops growing with N. Each
+  of ``POSITION_GROUPS`` position groups is freed as soon as its factors are stored.
 - Sigma + eps I is factored by Cholesky (numpy/LAPACK), Sigma = C C^T, and we keep W = C^-1 (lower triangular), since
   (x - mu)^T Sigma^-1 (x - mu) = ||W (x - mu)||^2. No general inverse is ever formed (this torch build's batched
   CPU ``linalg.inv`` is wrong above ~150 dims at 2 threads), and the fit compares W^T W with numpy's inverse
