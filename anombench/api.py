@@ -35,7 +35,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Literal, Protocol, TypeVar, runtime_checkable
+from typing import Any, Callable, Iterable, Literal, Protocol, Sequence, TypeVar, runtime_checkable
 
 import numpy as np
 import torch
@@ -284,11 +284,12 @@ class Downloadable(Protocol):
 
 @runtime_checkable
 class Checkable(Protocol):
-    """Optional for a dataset class: ``check(root)`` as a static method says in words what is under ``root``
-    (categories found, incomplete ones); ``anombench data check NAME --root DIR`` prints it."""
+    """Optional for a dataset class: ``check(root, categories)`` as a static method says in words what is under
+    ``root`` for those categories (None: all the dataset defines): categories found, incomplete ones.
+    ``anombench data check NAME --root DIR [--categories A,B]`` prints it."""
 
     @staticmethod
-    def check(root: str) -> str: ...
+    def check(root: str, categories: Sequence[str] | None = None) -> str: ...
 
 
 @runtime_checkable

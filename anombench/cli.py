@@ -249,11 +249,12 @@ def _data_check(args: argparse.Namespace, factory: Callable[..., object]) -> int
     where = args.root or f"{args.dataset}'s root (from its environment variable)"
     if not isinstance(dataset, ChecksFiles):
         raise UserError(f"dataset '{args.dataset}' offers no file check (anombench.api.ChecksFiles)")
+    chosen = [c.strip() for c in args.categories.split(",")] if args.categories else None
     table = data_action(factory, "check")
     if table is not None:
-        print(table(args.root))  # None: the same environment variable as the dataset
-    if args.categories:
-        categories, problems = [c.strip() for c in args.categories.split(",")], []
+        print(table(args.root, chosen))  # root None: the same environment variable as the dataset
+    if chosen:
+        categories, problems = chosen, []
     else:  # the whole dataset: a class it defines but the copy lacks makes the copy incomplete
         categories = dataset.categories()
         problems = [f"missing category folder: {category}" for category in known_categories(dataset)

@@ -20,6 +20,7 @@ files only here, in ``RunStore.add``.
 from __future__ import annotations
 
 import json
+import math
 import os
 import tempfile
 from dataclasses import dataclass, field
@@ -75,7 +76,7 @@ class CellResult:
     def to_record(self) -> dict[str, Any]:
         """The cells.jsonl line (keys as documented in the README's result format)."""
         resources = self.resources
-        measured = {k: v for k, v in vars(resources).items() if k != "extra"} | resources.extra
+        measured = {k: finite_or_none(v) for k, v in (vars(resources) | resources.extra).items() if k != "extra"}
         record = {
             "cell": self.cell, "method": self.method, "plugin": self.plugin, "params": self.params,
             "label": self.label, "substituted": self.substituted, "dataset": self.dataset,
@@ -89,6 +90,11 @@ class CellResult:
         if self.intervals:
             record["intervals"] = self.intervals
         return record | self.extra
+
+
+def finite_or_none(value: Any) -> Any:
+    """A figure as strict JSON holds it: NaN or infinity (not measured) becomes null."""
+    return None if isinstance(value, float) and not math.isfinite(value) else value
 
 
 def cell_dirname(cell: str) -> str:
@@ -158,7 +164,7 @@ class RunStore:
         for name, payload in result.artifacts.items():
             write_atomic_bytes(self.artifact_dir(result.cell) / name, payload)
         self.records[result.cell] = result.to_record()
-        lines = "".join(json.dumps(r, sort_keys=True, allow_nan=True) + "\n" for r in self.records.values())
+        lines = "".join(json.dumps(r, sort_keys=True, allow_nan=False) + "\n" for r in self.records.values())
         write_atomic(self.directory / CELLS, lines)
 
 

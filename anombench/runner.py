@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import multiprocessing
 import traceback
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -179,13 +180,18 @@ def new_result(job: Job, planned: PlannedCell, peers: Sequence[str] = ()) -> Cel
 
 
 def compute_metrics(result: CellResult, metrics: dict[str, Metric], resources: Resources) -> None:
-    """Each metric's figure; one that does not exist for this cell (``UndefinedMetric``) is None with its reason,
-    and the cell keeps its other figures."""
+    """Each metric's figure; one that does not exist for this cell (``UndefinedMetric``, or a NaN or infinite value
+    that a table would silently average) is None with its reason, and the cell keeps its other figures."""
     for name, metric in metrics.items():
         try:
-            result.metrics[name] = float(metric.compute(resources))
+            value = float(metric.compute(resources))
         except UndefinedMetric as exc:
             result.metrics[name], result.undefined[name] = None, " ".join(str(exc).split())
+            continue
+        if math.isfinite(value):
+            result.metrics[name] = value
+        else:
+            result.metrics[name], result.undefined[name] = None, f"the metric computed {value}"
     result.metric_error_bounds = {name: bound for name, m in metrics.items() if (bound := api.error_bound(m))}
 
 

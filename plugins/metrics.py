@@ -25,6 +25,7 @@ metrics expose it as ``error_bound`` after ``compute`` and warn when it exceeds 
 
 from __future__ import annotations
 
+import math
 import warnings
 from dataclasses import dataclass
 from typing import Annotated, Any, ClassVar
@@ -564,8 +565,14 @@ class ResourceMetric:
     def update(self, scores: Scores, batch: Batch) -> None:
         """Nothing to accumulate: the runner measures resources around the whole cell."""
 
+    #: why the figure does not exist when the runner could not measure it (the resource is NaN)
+    unmeasured = "not measured for this cell"
+
     def compute(self, resources: Resources) -> float:
-        return float(getattr(resources, self.field))
+        value = float(getattr(resources, self.field))
+        if math.isnan(value):
+            raise UndefinedMetric(self.unmeasured)
+        return value
 
 
 class FitSeconds(ResourceMetric):
@@ -588,15 +595,18 @@ class PeakRssGB(ResourceMetric):
 
 
 class PeakCudaGB(ResourceMetric):
-    """Peak CUDA memory allocated during the cell, in GB (1e9 bytes); NaN when the cell did not use CUDA."""
+    """Peak CUDA memory allocated during the cell, in GB (1e9 bytes); undefined when the cell did not use CUDA."""
 
     field = "peak_cuda_gb"
+    unmeasured = "the cell did not run on CUDA"
 
 
 class ModelGB(ResourceMetric):
-    """Size of the fitted model's learned state, in GB (1e9 bytes) (Table VIII)."""
+    """Size of the fitted model's learned state, in GB (1e9 bytes) (Table VIII); undefined when the method does
+    not report it (``api.ModelSize``)."""
 
     field = "model_gb"
+    unmeasured = "the method does not report its model size (no model_bytes())"
 
 
 METRICS: dict[str, type] = {

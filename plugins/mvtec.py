@@ -35,6 +35,7 @@ from __future__ import annotations
 import hashlib
 import logging
 from dataclasses import astuple, dataclass
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated
 
@@ -323,16 +324,17 @@ class MVTecAD(FilePreflight):
         fetch_archive(url or DEFAULT_URL, path, sha256 if url else (sha256 or DEFAULT_SHA256))
 
     @staticmethod
-    def check(root: str) -> str:
-        """A per-category table of what is on disk, compared with the official release."""
+    def check(root: str, categories: Sequence[str] | None = None) -> str:
+        """A table of what is on disk for ``categories`` (default: the 15 of the release), compared with the
+        official release."""
         path = resolve_root(root, ENV_ROOT, MISSING_HINT)
-        counts = {category: count_category(path / category) for category in CATEGORIES}
+        counts = {category: count_category(path / category) for category in categories or CATEGORIES}
         complete = sum(n.status(c) == "ok" for c, n in counts.items())
         total = CategoryCounts(*(sum(column) for column in zip(*(astuple(n) for n in counts.values()), strict=True)))
         return "\n".join(
             [f"MVTec AD at {path}", _row("category", "family", ("train", "test good", "test defect", "masks"), "status")]
             + [_row(c, _family_of(c), astuple(n), n.status(c)) for c, n in counts.items()]
-            + [_row("total", "", astuple(total), f"{complete} of {len(CATEGORIES)} categories complete")]
+            + [_row("total", "", astuple(total), f"{complete} of {len(counts)} categories complete")]
         )
 
 

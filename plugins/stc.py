@@ -31,6 +31,7 @@ from __future__ import annotations
 import logging
 import re
 from dataclasses import dataclass
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -236,12 +237,13 @@ class ShanghaiTechCampus(FilePreflight):
         print(instructions(root))
 
     @staticmethod
-    def check(root: str) -> str:
-        """Per scene: training clips and frames, test clips, frames and anomalous frames."""
+    def check(root: str, categories: Sequence[str] | None = None) -> str:
+        """Per scene of ``categories`` (default: all 13): training clips and frames, test clips, frames and
+        anomalous frames."""
         path = resolve_root(root, ENV_ROOT, MISSING_HINT)
         header = ROW.format("scene", "train clips", "train frames", "test clips", "test frames", "anomalous", "")
         lines = [f"ShanghaiTech Campus at {path}", header]
-        for scene in SCENES:
+        for scene in categories or SCENES:
             lines.append(_scene_row(path, scene))
         if not (path / "training" / "frames").is_dir() and (path / "training" / "videos").is_dir():
             lines.append("training frames missing, only videos: " + EXTRACT_COMMAND.format(root=path))

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from skimage.measure import label as skimage_label
 from sklearn.metrics import roc_auc_score
 
-from anombench.api import Batch, Resources, Scores
+from anombench.api import Batch, Resources, Scores, UndefinedMetric
 from anombench.errors import UserError
 from anombench.params import validate
 from anombench.plugins import collect, make_plugin_manager
@@ -429,4 +429,5 @@ def test_resource_metrics_read_what_the_runner_measured(registered):
     assert metric.compute(resources) == 0.5
     expected = {"fit_seconds": 12.5, "peak_rss_gb": 1.75, "model_gb": 0.25}
     assert {name: registered[name].factory().compute(resources) for name in expected} == expected
-    assert np.isnan(registered["peak_cuda_gb"].factory().compute(resources))  # not measured: no CUDA here
+    with pytest.raises(UndefinedMetric, match="did not run on CUDA"):  # not measured: no CUDA here
+        registered["peak_cuda_gb"].factory().compute(resources)

@@ -178,6 +178,8 @@ def test_data_check_reads_the_root_from_the_environment_and_names_what_is_missin
     assert main(["data", "check", "mvtec", "--categories", "bottle"]) == 0
     out = capsys.readouterr().out
     assert f"MVTec AD at {tmp_path}" in out and "no problems in mvtec's root (from its environment variable)" in out
+    rows = [line.split()[0] for line in out.splitlines()[2:-1]]
+    assert rows == ["bottle", "total"], "--categories bottle: the count table has that class's row only"
     assert main(["data", "check", "folder"]) == 2
     assert capsys.readouterr().err.strip() == "anombench: error: data check folder needs --root DIR (it has no " \
                                               "default folder)"

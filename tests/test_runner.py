@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -119,7 +120,12 @@ def test_cells_record_metrics_and_resources(tmp_path, test_registry):
     record = store.records["pg|synthetic|disc|0"]
     assert record["resources"]["n_train"] == 6 and record["resources"]["n_test"] == 6
     assert record["metrics"]["fit_seconds"] > 0 and record["metrics"]["peak_rss_gb"] > 0.05
-    assert np.isnan(record["metrics"]["model_gb"])  # pixel_gaussian does not report its size
+    assert record["metrics"]["model_gb"] is None  # pixel_gaussian does not report its size: undefined, and why
+    assert "model size" in record["undefined"]["model_gb"]
+    assert record["resources"]["peak_cuda_gb"] is None  # not measured: null, not NaN
+    strict = json.loads((tmp_path / "run" / "cells.jsonl").read_text().splitlines()[0],
+                        parse_constant=lambda name: pytest.fail(f"cells.jsonl holds {name}: not strict JSON"))
+    assert strict["cell"] in store.records
     assert record["family"] == "object"
 
 
