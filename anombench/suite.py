@@ -455,8 +455,9 @@ def load_suite(path: str | Path, registry: Registry, overrides: list[str] = (),
         return entry is None or "backbone" in paramcheck.allowed_parameters(entry.factory)
 
     doc = apply_overrides(load_yaml(path), [parse_override(o) for o in overrides], data_roots or {}, has_backbone)
-    suite = build_suite(doc, str(path), registry)
-    return dataclasses.replace(suite, overrides=tuple(overrides))
+    where = f"{path} with --set {' '.join(overrides)}" if overrides else str(path)  # a bad value may be the --set's
+    suite = build_suite(doc, where, registry)
+    return dataclasses.replace(suite, path=str(path), overrides=tuple(overrides))
 
 
 def expand(suite: Suite, categories_of: dict[str, list[str]]) -> list[Cell]:

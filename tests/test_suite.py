@@ -191,8 +191,9 @@ def test_run_shorthands_reach_the_run_block(tmp_path, registry):
                                         "ci_resamples=200", "workers=0"])
     assert (suite.run.threads, suite.run.cell_timeout, suite.run.max_memory_gb, suite.run.ci, suite.run.ci_resamples, suite.run.workers) \
         == (2, 20, 3, 0.95, 200, 0)
-    with pytest.raises(UserError, match=r"s.yaml: run.ci: must be in \(0, 1\), got 2"):
-        load_suite(path, registry, ["ci=2"])
+    assert suite.path == str(path)
+    with pytest.raises(UserError, match=r"s.yaml with --set threads=2 ci=2: run.ci: must be in \(0, 1\), got 2$"):
+        load_suite(path, registry, ["threads=2", "ci=2"])  # the bad value is named as the --set's, not the file's
 
 
 def test_overrides_reach_entries_written_without_a_value():
