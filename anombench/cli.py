@@ -316,7 +316,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         write_tables(out / category)
         print((out / category / "table.md").read_text())
         failed += sum(r["status"] != "ok" for r in store.records.values())
-    print(f"results: {out}")
+    runs = ", ".join(str(out / category) for category in categories)
+    print(f"results: one run directory per category (saved maps name their category): {runs}")
     if failed:
         print(f"{failed} cell(s) failed; see cells.jsonl under {out}", file=sys.stderr)
         return 1

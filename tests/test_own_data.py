@@ -255,6 +255,8 @@ def test_evaluate_saved_maps_equals_metrics_computed_directly(tmp_path, capsys):
     code = main(["evaluate", "--maps", str(tmp_path / "maps"), "--data", f"mvtec={tmp_path / 'data'}",
                  "--out", str(tmp_path / "run"), "--quiet", "--threads", "1"])
     assert code == 0
+    assert f"results: one run directory per category (saved maps name their category): {tmp_path / 'run/bottle'}" \
+        in capsys.readouterr().out
     import json
 
     record = json.loads((tmp_path / "run/bottle/cells.jsonl").read_text().splitlines()[0])
