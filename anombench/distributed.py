@@ -257,7 +257,7 @@ def dask_executor(scheduler: str | None, registry: Registry, retries: int = 2) -
     ``distributed.scheduler.allowed-failures`` (default 3). ``registry`` is the client's: workers must provide
     the same plugins, checked before each task.
     """
-    def run(tasks: list[Job], on_results: OnResults) -> None:
+    def dask(tasks: list[Job], on_results: OnResults) -> None:
         check_device(tasks)
         device = "cuda" if any(wants_gpu(task) for task in tasks) else "cpu"
         from distributed import as_completed
@@ -268,4 +268,4 @@ def dask_executor(scheduler: str | None, registry: Registry, retries: int = 2) -
                                      **submit_options(task)): task
                        for task in tasks}
             stream(futures, as_completed(futures), on_results)
-    return run
+    return dask

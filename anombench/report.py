@@ -135,7 +135,8 @@ class TableWriter:
 def provenance_markdown(run_dir: str | Path) -> str:
     info = load_provenance(run_dir)
     keys = ("suite", "overrides", "anombench_version", "git_commit", "device", "gpu", "cpu", "threads", "seeds",
-            "batch_size", "ci", "ci_resamples", "started_at", "suite_sha256", "command")
+            "batch_size", "loader_workers", "picked", "executor", "jobs_at_once", "ci", "ci_resamples", "started_at",
+            "suite_sha256", "command")
     lines = [f"- **{key}**: {info[key]}" for key in keys if info.get(key) not in (None, "", [])]
     versions = ", ".join(f"{name} {version}" for name, version in sorted((info.get("versions") or {}).items()))
     if versions:

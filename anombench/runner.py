@@ -282,14 +282,15 @@ def execute_job(job: Job, registry: Registry | None = None) -> list[CellResult]:
 
 OnResults = Callable[[list[CellResult]], None]
 Executor = Callable[[list[Job], OnResults], None]
+"""Runs jobs and hands each one's results to ``OnResults``; its ``__name__`` goes to run.json as ``executor``."""
 
 
 def in_process_executor(registry: Registry) -> Executor:
     """Run jobs one after the other in this process (no isolation: a crash ends the run; for benchmarks)."""
-    def run(jobs: list[Job], on_results: OnResults) -> None:
+    def in_process(jobs: list[Job], on_results: OnResults) -> None:
         for job in jobs:
             on_results(execute_job(job, registry))
-    return run
+    return in_process
 
 
 class RunObserver(Protocol):
@@ -321,16 +322,18 @@ def run_suite(suite: Suite, out: Path, options: RunOptions, resume: bool = False
         store.discard_stale_temporaries()
         cores = max(1, available_cores() // jobs_at_once)
         planned = plan(suite, registry, store.finished() if resume else set(), options, opened, cores)
-        _write_provenance(out, suite, options, planned, registry, resume)
+        _write_provenance(out, suite, options, planned, registry, resume,
+                          {"executor": getattr(executor, "__name__", type(executor).__name__),
+                           "jobs_at_once": jobs_at_once})
         write_atomic(out / "suite.yaml", yaml.safe_dump(suite.source, sort_keys=False))
         _execute(planned.jobs, store, executor, observers, suite.name, options)
     return store
 
 
 def _write_provenance(out: Path, suite: Suite, options: RunOptions, planned: Plan, registry: Registry,
-                      resume: bool) -> None:
+                      resume: bool, execution: dict[str, Any]) -> None:
     info = provenance(suite, options, planned.settings, registry)
-    info |= {"grid": planned.grid, "family_sizes": planned.family_sizes}
+    info |= {"grid": planned.grid, "family_sizes": planned.family_sizes} | execution
     previous = load_provenance(out) if resume else {}
     if previous.get("started_at"):
         info |= {"started_at": previous["started_at"], "resumed_at": info["started_at"]}

@@ -81,6 +81,8 @@ def test_run_report_compare_end_to_end(site, tmp_path):
         assert (tmp_path / "run" / name).exists()
     provenance = json.loads((tmp_path / "run" / "run.json").read_text())
     assert provenance["versions"]["anombench-pixelstats"] == "1.2.3" and provenance["suite_sha256"]
+    assert (provenance["executor"], provenance["jobs_at_once"], provenance["batch_size"]) == ("isolated", 1, 3)
+    assert "batch_size" not in provenance["picked"] and "threads" in provenance["picked"]
     report = anombench("report", "run", site=site, cwd=tmp_path, check=True).stdout
     assert "## Provenance" in report and "(pixel_auroc" not in report and "pixel_auroc, pro (%)" in report
     assert "Run with overrides of the suite file" in report and "`batch_size=3`" in report
