@@ -33,6 +33,7 @@ Conventions (kept in one place so every plugin agrees):
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Literal, Protocol, Sequence, TypeVar, runtime_checkable
@@ -114,6 +115,13 @@ class Resources:
     @property
     def infer_seconds_per_image(self) -> float:
         return self.infer_seconds / self.n_test if self.n_test else float("nan")
+
+    @classmethod
+    def from_record(cls, measured: dict[str, Any]) -> "Resources":
+        """Back from a cells.jsonl line's ``resources`` (null: not measured; other keys: ``extra``)."""
+        known = {f.name for f in dataclasses.fields(cls)} - {"extra"}
+        values = {key: float("nan") if value is None else value for key, value in measured.items() if key in known}
+        return cls(**values, extra={key: value for key, value in measured.items() if key not in known})
 
 
 # ---------------------------------------------------------------------------------------------------- registration

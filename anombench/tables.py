@@ -31,6 +31,7 @@ from typing import Any, Iterable
 import numpy as np
 import pandas as pd
 
+from anombench.api import Resources
 from anombench.suite import TableSpec
 
 AGGREGATE_FAMILIES = {"textures": ("texture",), "objects": ("object",), "all": ("texture", "object", "other")}
@@ -46,6 +47,7 @@ MEASURES = {"image_auroc": ("image AUROC", "%"), "pixel_auroc": ("pixel AUROC", 
             "fit_seconds": ("fit", "s"), "infer_seconds_per_image": ("inference", "s/image"),
             "peak_rss_gb": ("peak RSS", "GB"), "peak_cuda_gb": ("peak CUDA", "GB"), "model_gb": ("model", "GB")}
 NAN = float("nan")
+RESOURCE_FIGURES = ("fit_seconds", "infer_seconds_per_image", "peak_rss_gb", "peak_cuda_gb", "model_gb")
 
 
 def lo_column(metric: str) -> str:
@@ -63,12 +65,21 @@ def cells_frame(records: Iterable[dict[str, Any]]) -> pd.DataFrame:
     rows = []
     for record in records:
         row = {key: record.get(key) for key in RECORD_KEYS}
+        row.update(resource_figures(record.get("resources") or {}))
         row.update({name: NAN if value is None else value for name, value in (record.get("metrics") or {}).items()})
         for name, (lo, hi) in (record.get("intervals") or {}).items():
             row[lo_column(name)], row[hi_column(name)] = lo, hi
         row["undefined"] = dict(record.get("undefined") or {})
         rows.append(row)
     return normalised(pd.DataFrame(rows, columns=list(RECORD_KEYS)) if not rows else pd.DataFrame(rows))
+
+
+def resource_figures(measured: dict[str, Any]) -> dict[str, float]:
+    """What the runner measured around a cell (a record's ``resources``) under the resource metrics' names, the
+    ones it has: a suite that lists only quality metrics still shows its time and memory."""
+    resources = Resources.from_record(measured)
+    figures = {name: float(getattr(resources, name)) for name in RESOURCE_FIGURES}
+    return {name: value for name, value in figures.items() if not math.isnan(value)}
 
 
 def normalised(cells: pd.DataFrame) -> pd.DataFrame:

@@ -10,8 +10,8 @@ import pandas as pd
 import pytest
 
 from anombench.suite import TableSpec
-from anombench.tables import (Context, cells_frame, csv_frame, long_table, measurement_table, measurement_wide,
-                              render_markdown, wide_table)
+from anombench.tables import (Context, cells_frame, csv_frame, long_table, measured_metrics, measurement_table,
+                              measurement_wide, render_markdown, wide_table)
 
 
 def record(method: str, dataset: str, category: str, family: str, seed: int, metrics: dict[str, float | None],
@@ -197,3 +197,15 @@ def test_every_measurement_is_in_the_measurements_table_and_the_csv_per_seed():
     per_seed = table[table["table"] == "measurements"]
     assert len(per_seed) == 2 * len(metrics) and set(per_seed["seed"]) == {0, 1}
     assert set(table.loc[table["table"] == "paper", "seeds"].dropna()) == {2}
+
+
+def test_time_and_memory_are_shown_even_when_the_suite_lists_only_quality_metrics():
+    """The runner measures every cell's resources; a suite asking only for AUROC still shows them, from the
+    record's ``resources`` (a figure it could not measure, null there, is left out)."""
+    resources = {"fit_seconds": 12.0, "infer_seconds": 3.0, "n_train": 10, "n_test": 6, "peak_rss_gb": 1.25,
+                 "peak_cuda_gb": None, "model_gb": None, "start_rss_gb": 0.5}
+    frame = cells_frame([record("padim", "mvtec", "bottle", "object", 0, {"pixel_auroc": 0.9}, resources=resources)])
+    wide = measurement_wide(measurement_table(frame, measured_metrics(frame, ["pixel_auroc"])))
+    assert list(wide.columns) == ["method", "dataset", "category", "seed", "pixel AUROC %", "fit s",
+                                  "inference s/image", "peak RSS GB"]
+    assert list(wide.iloc[0])[4:] == ["90.0", "12", "0.5", "1.25"]
