@@ -161,7 +161,8 @@ def _map_rows(cell: str, run_dir: str, baseline_dir: str, rtol: float) -> tuple[
         changes = largest_relative_change(ours, theirs)
     except ValueError as exc:
         return [], f"maps not comparable: {exc}"
-    return [{"cell": cell, "metric": f"maps: {part}", "baseline": math.nan, "run": math.nan, "diff": changes[part],
+    return [{"cell": cell, "metric": f"maps: {part} (relative diff)", "baseline": math.nan, "run": math.nan,
+             "diff": changes[part],
              "verdict": "equal" if changes[part] <= rtol else "CHANGED"} for part in PARTS], None
 
 

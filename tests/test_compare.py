@@ -124,7 +124,7 @@ def test_exact_gate_compares_maps_even_when_every_figure_is_equal(tmp_path, regi
                           exact=True)
     changed = result.rows[result.rows["verdict"] == "CHANGED"]
     assert result.failures == 3 and set(changed["cell"]) == {CELL_B}
-    assert set(changed["metric"]) == {"maps: image_scores", "maps: quantiles", "maps: maps"}
+    assert set(changed["metric"]) == {f"maps: {part} (relative diff)" for part in ("image_scores", "quantiles", "maps")}
     assert changed["diff"].max() == pytest.approx(0.001, rel=1e-3)
     maps_line = next(line for line in result.to_text().splitlines() if CELL_B in line and "maps: maps" in line)
     assert "nan" not in maps_line and re.search(r"\|\s+-\s+\|\s+-\s+\|", maps_line)  # no single value: "-"
