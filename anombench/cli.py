@@ -266,6 +266,9 @@ def _data_check(args: argparse.Namespace, factory: Callable[..., object]) -> int
         print("\n".join(problems[:SHOWN_PROBLEMS] + ([f"... and {more} more problem(s)"] if more > 0 else [])))
         print(f"{len(problems)} problem(s) in {where}", file=sys.stderr)
         return 1
+    if table is None:  # no count table of its own: the images each split holds
+        print("\n".join(f"{category}: {len(dataset.train(category, 0))} train, {len(dataset.test(category, 0))} test "
+                        "images" for category in categories))
     print(f"no problems in {where}" + ("" if args.verify else " (add --verify to decode every file)"))
     return 0
 

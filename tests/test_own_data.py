@@ -201,6 +201,7 @@ def test_data_check_of_a_folder_dataset_with_params_and_the_runner_preflight(tmp
     args = ["data", "check", "folder", "--root", str(root), "--param", "abnormal_dirs=[crack, scratch]",
             "--param", "mask_dir=mask"]
     assert main(args + ["--verify"]) == 0
+    assert "p: 8 train, 6 test images\nno problems in" in capsys.readouterr().out  # 2 of 10 normal held out
     (root / "mask/scratch/scratch1_mask.PNG").unlink()
     (root / "mask/crack/crack7_mask.png").write_bytes((root / "mask/crack/crack0_mask.PNG").read_bytes())
     assert main(args) == 1 and "missing mask: " in capsys.readouterr().out
