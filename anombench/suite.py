@@ -34,6 +34,7 @@ from anombench.params import Range
 from anombench.plugins import Kind, Registry
 
 TOP_LEVEL_KEYS = ("name", "description", "datasets", "methods", "metrics", "seeds", "run", "table", "reference")
+MEASURED_KEYS = ("datasets", "methods", "metrics", "seeds")  # what the suite hash covers (``Suite.sha256``)
 TABLE_KEYS = ("rows", "columns", "cell", "percent", "aggregates", "title", "note")
 REFERENCE_KEYS = ("source", "values", "only")
 AGGREGATES = ("textures", "objects", "all")
@@ -122,7 +123,11 @@ class Suite:
     overrides: tuple[str, ...] = ()
 
     def sha256(self) -> str:
-        return hashlib.sha256(yaml.safe_dump(self.source, sort_keys=True).encode()).hexdigest()
+        """Hash of what the suite measures (``MEASURED_KEYS``): editing its description, table layout, reference
+        figures or run settings (loader workers, threads) leaves it, so ``compare`` does not call the run another
+        suite; a change there that moved a figure shows in the figures themselves."""
+        measured = {key: self.source[key] for key in MEASURED_KEYS if key in self.source}
+        return hashlib.sha256(yaml.safe_dump(measured, sort_keys=True).encode()).hexdigest()
 
 
 @dataclass(frozen=True)

@@ -308,3 +308,15 @@ def test_a_plugin_class_without_init_takes_no_parameters(register_plugin):
     assert error_of(doc, registry) == "s.yaml: metrics.plain.bins: unknown parameter; allowed: none"
     doc["metrics"] = {"plain": {}}
     assert build_suite(doc, "s.yaml", registry).metrics == {"plain": {}}
+
+
+def test_the_suite_hash_covers_what_is_measured_not_how_it_is_run_or_shown(registry):
+    doc = base_doc()
+    reference = build_suite(doc, "s.yaml", registry).sha256()
+    cosmetic = doc | {"description": "another text", "run": {"workers": 0, "threads": 1},
+                      "table": {"cell": ["image_auroc"], "title": "another title"}}
+    assert build_suite(cosmetic, "s.yaml", registry).sha256() == reference
+    assert build_suite(doc | {"seeds": [0, 1]}, "s.yaml", registry).sha256() != reference
+    other = yaml.safe_load(yaml.safe_dump(doc))
+    other["datasets"]["synthetic"]["categories"] = ["plate"]
+    assert build_suite(other, "s.yaml", registry).sha256() != reference
