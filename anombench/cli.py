@@ -265,6 +265,9 @@ def _data_check(args: argparse.Namespace, factory: Callable[..., object]) -> int
         more = len(problems) - SHOWN_PROBLEMS
         print("\n".join(problems[:SHOWN_PROBLEMS] + ([f"... and {more} more problem(s)"] if more > 0 else [])))
         print(f"{len(problems)} problem(s) in {where}", file=sys.stderr)
+        if not chosen and any(p.startswith("missing category folder") for p in problems) and categories:
+            print(f"only {', '.join(categories)} present: check just those with --categories "
+                  f"{','.join(categories)}", file=sys.stderr)
         return 1
     if table is None:  # no count table of its own: the images each split holds
         print("\n".join(f"{category}: {len(dataset.train(category, 0))} train, {len(dataset.test(category, 0))} test "
@@ -350,7 +353,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--device", default="auto", help="auto (GPU if there is one), cpu, cuda or cuda:N")
     run.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: picked from the machine)")
     run.add_argument("--executor", choices=["local", "dask", "inprocess"], default="local",
-                     help="where cells run: local (each job in a child process of its own, so a crash ends only its "
+                     help="where cells run: local (the default: each job in a child process of its own, so a crash ends only its "
                           "cells), dask, or inprocess (no isolation: a crash ends the run; for a debugger or profiler)")
     run.add_argument("--jobs", type=int, default=1, help="local executor: parallel worker processes")
     run.add_argument("--scheduler", help="dask executor: scheduler address tcp://HOST:PORT (default: a LocalCluster)")

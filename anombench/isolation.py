@@ -218,7 +218,7 @@ def isolated_executor(registry: Registry, jobs: int = 1) -> Executor:
         raise UserError(f"--jobs must be at least 1, got {jobs}")
     warm_up()
 
-    def isolated(job_list: list[Job], on_results: OnResults) -> None:
+    def local(job_list: list[Job], on_results: OnResults) -> None:
         _stopping.clear()
         pool = concurrent.futures.ThreadPoolExecutor(jobs, thread_name_prefix="anombench-job")
         try:
@@ -229,5 +229,5 @@ def isolated_executor(registry: Registry, jobs: int = 1) -> Executor:
             stop_children()
             pool.shutdown(wait=True, cancel_futures=True)
             _stopping.clear()
-    return isolated
+    return local
 

@@ -145,7 +145,7 @@ def resolve_categories(suite: Suite, datasets: dict[str, Dataset]) -> dict[str, 
         chosen = spec.categories if spec.categories is not None else available
         missing = [c for c in chosen if c not in available]
         if missing:
-            raise UserError(f"{suite.path}: datasets.{spec.name}.categories: {missing} not available; "
+            raise UserError(f"{suite.where}: datasets.{spec.name}.categories: {', '.join(missing)} not available; "
                             f"available: {', '.join(available) or 'none'}")
         categories_of[spec.name] = chosen
     return categories_of

@@ -132,12 +132,17 @@ class TableWriter:
                         "them", store.directory, type(exc).__name__, first_line, store.directory)
 
 
+def _shown(value: Any) -> str:
+    """A provenance value as a reader wants it: a list as comma-separated items, not Python's repr."""
+    return ", ".join(map(str, value)) if isinstance(value, list) else str(value)
+
+
 def provenance_markdown(run_dir: str | Path) -> str:
     info = load_provenance(run_dir)
     keys = ("suite", "overrides", "anombench_version", "git_commit", "device", "gpu", "cpu", "threads", "seeds",
             "batch_size", "loader_workers", "picked", "executor", "jobs_at_once", "ci", "ci_resamples", "started_at",
             "suite_sha256", "command")
-    lines = [f"- **{key}**: {info[key]}" for key in keys if info.get(key) not in (None, "", [])]
+    lines = [f"- **{key}**: {_shown(info[key])}" for key in keys if info.get(key) not in (None, "", [])]
     versions = ", ".join(f"{name} {version}" for name, version in sorted((info.get("versions") or {}).items()))
     if versions:
         lines.append(f"- **versions**: {versions}")

@@ -282,15 +282,16 @@ def execute_job(job: Job, registry: Registry | None = None) -> list[CellResult]:
 
 OnResults = Callable[[list[CellResult]], None]
 Executor = Callable[[list[Job], OnResults], None]
-"""Runs jobs and hands each one's results to ``OnResults``; its ``__name__`` goes to run.json as ``executor``."""
+"""Runs jobs and hands each one's results to ``OnResults``; its ``__name__`` goes to run.json as ``executor``: the
+``--executor`` name (local, inprocess, dask)."""
 
 
 def in_process_executor(registry: Registry) -> Executor:
     """Run jobs one after the other in this process (no isolation: a crash ends the run; for benchmarks)."""
-    def in_process(jobs: list[Job], on_results: OnResults) -> None:
+    def inprocess(jobs: list[Job], on_results: OnResults) -> None:
         for job in jobs:
             on_results(execute_job(job, registry))
-    return in_process
+    return inprocess
 
 
 class RunObserver(Protocol):

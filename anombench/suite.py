@@ -21,9 +21,11 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import difflib
 import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
+from collections.abc import Sequence
 from typing import Annotated, Any, Callable
 
 import yaml
@@ -73,6 +75,15 @@ SHORTHANDS = {
 }
 
 
+def unknown_override(key: str, methods: list[str]) -> str:
+    """The one-line error for a --set key that is neither a shorthand nor a dotted path: the shorthand it is
+    closest to, else where one method's parameter of that name goes."""
+    close = difflib.get_close_matches(key, list(SHORTHANDS), n=1)
+    hint = f"did you mean {close[0]}?" if close else \
+        f"a method's parameter is methods.NAME.params.{key}, NAME one of: {', '.join(methods) or 'none'}"
+    return f"--set {key}: unknown key ({hint}); shorthands: {', '.join(SHORTHANDS)}"
+
+
 @dataclass(frozen=True)
 class DatasetSpec:
     """A dataset entry of the suite: its ``name`` (the suite's key, used in cell ids, records and tables), the
@@ -105,6 +116,11 @@ class TableSpec:
     note: str = ""
 
 
+def suite_where(path: str, overrides: Sequence[str]) -> str:
+    """How errors name a suite: its file, and the --set overrides applied to it (a bad value may be theirs)."""
+    return f"{path} with --set {' '.join(overrides)}" if overrides else path
+
+
 @dataclass(frozen=True)
 class Suite:
     """A validated suite. ``source`` is the YAML as loaded after overrides (kept for provenance)."""
@@ -121,6 +137,11 @@ class Suite:
     reference: dict[str, Any]
     source: dict[str, Any]
     overrides: tuple[str, ...] = ()
+
+    @property
+    def where(self) -> str:
+        """How errors name the suite (``suite_where``)."""
+        return suite_where(self.path, self.overrides)
 
     def sha256(self) -> str:
         """Hash of what the suite measures (``MEASURED_KEYS``): editing its description, table layout, reference
@@ -239,8 +260,7 @@ def apply_overrides(doc: dict[str, Any], overrides: list[tuple[str, Any]], data_
         elif "." in key or key in TOP_LEVEL_KEYS:
             _set_dotted(doc, key, value)
         else:
-            listed = ", ".join(f"{k} ({v})" for k, v in SHORTHANDS.items())
-            raise UserError(f"--set {key}: unknown key; use a dotted path such as methods.NAME.params.KEY or one of: {listed}")
+            raise UserError(unknown_override(key, list(_section(doc, "methods"))))
     for name, spec in _section(doc, "datasets").items():
         plugin = spec.get("plugin", name) if isinstance(spec, dict) else name
         if isinstance(spec, dict) and (plugin in data_roots or name in data_roots):
@@ -418,7 +438,7 @@ def check_reference_categories(suite: Suite, known: dict[str, list[str]]) -> Non
                 candidates = [dataset] if dataset else list(known)
                 if not any(name in known.get(d, []) for d in candidates):
                     every = sorted({c for d in candidates for c in known.get(d, [])})
-                    raise UserError(f"{suite.path}: reference.{part}.{method}.{label}: no category '{name}' in "
+                    raise UserError(f"{suite.where}: reference.{part}.{method}.{label}: no category '{name}' in "
                                     f"{' or '.join(candidates)}; its categories: {', '.join(every) or 'none'}")
 
 
@@ -460,8 +480,7 @@ def load_suite(path: str | Path, registry: Registry, overrides: list[str] = (),
         return entry is None or "backbone" in paramcheck.allowed_parameters(entry.factory)
 
     doc = apply_overrides(load_yaml(path), [parse_override(o) for o in overrides], data_roots or {}, has_backbone)
-    where = f"{path} with --set {' '.join(overrides)}" if overrides else str(path)  # a bad value may be the --set's
-    suite = build_suite(doc, where, registry)
+    suite = build_suite(doc, suite_where(str(path), overrides), registry)
     return dataclasses.replace(suite, path=str(path), overrides=tuple(overrides))
 
 

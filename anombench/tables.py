@@ -48,6 +48,8 @@ MEASURES = {"image_auroc": ("image AUROC", "%"), "pixel_auroc": ("pixel AUROC", 
             "peak_rss_gb": ("peak RSS", "GB"), "peak_cuda_gb": ("peak CUDA", "GB"), "model_gb": ("model", "GB")}
 NAN = float("nan")
 RESOURCE_FIGURES = ("fit_seconds", "infer_seconds_per_image", "peak_rss_gb", "peak_cuda_gb", "model_gb")
+RESOURCES_NOTE = ("Times are end to end, data loading included; methods that share one feature extraction each count "
+                  "it in full (what each would cost alone), and peak memory is their job's: do not add them up.")
 
 
 def lo_column(metric: str) -> str:
@@ -513,6 +515,8 @@ def render_markdown(long: pd.DataFrame, spec: TableSpec, reference: dict[str, An
         table = measurement_wide(measurements, notes)
         lines += ["", "### Measurements (every finished cell, per seed)", "",
                   table.to_markdown(index=False, disable_numparse=True)]
+        if set(measurements["metric"]) & set(RESOURCE_FIGURES):
+            lines += ["", RESOURCES_NOTE]
     if notes.reasons:
         lines += ["", "Undefined figures ('-[n]'):", *[f"- {line}" for line in notes.lines()]]
     return "\n".join(lines) + "\n"

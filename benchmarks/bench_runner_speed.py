@@ -93,6 +93,7 @@ def measure(name: str, root: str, threads: int, scratch: Path) -> dict[str, floa
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("configs", nargs="*", help=f"any of {', '.join(NAMES)} (default: all)")
+    parser.add_argument("--data", help="MVTec AD root, the folder holding bottle/ (default: $ANOMBENCH_DATA_MVTEC)")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (default: picked from the machine)")
     args = parser.parse_args(take_data_argument(sys.argv[1:]))
     if unknown := set(args.configs) - set(NAMES):

@@ -81,7 +81,7 @@ def test_run_report_compare_end_to_end(site, tmp_path):
         assert (tmp_path / "run" / name).exists()
     provenance = json.loads((tmp_path / "run" / "run.json").read_text())
     assert provenance["versions"]["anombench-pixelstats"] == "1.2.3" and provenance["suite_sha256"]
-    assert (provenance["executor"], provenance["jobs_at_once"], provenance["batch_size"]) == ("isolated", 1, 3)
+    assert (provenance["executor"], provenance["jobs_at_once"], provenance["batch_size"]) == ("local", 1, 3)
     assert "batch_size" not in provenance["picked"] and "threads" in provenance["picked"]
     report = anombench("report", "run", site=site, cwd=tmp_path, check=True).stdout
     assert "## Provenance" in report and "(pixel_auroc" not in report and "pixel_auroc, pro (%)" in report

@@ -166,8 +166,9 @@ def test_data_check_of_an_incomplete_copy_exits_non_zero(tmp_path, capsys):
     """Without --categories the whole dataset is checked: the 14 MVTec AD classes a copy lacks are problems."""
     make_mvtec_category(tmp_path, defects={"crack": 1})
     assert main(["data", "check", "mvtec", "--root", str(tmp_path)]) == 1
-    out = capsys.readouterr().out
+    out, err = capsys.readouterr()
     assert "missing category folder: carpet" in out and "missing category folder: bottle" not in out
+    assert "only bottle present: check just those with --categories bottle" in err
 
 
 def test_data_check_reads_the_root_from_the_environment_and_names_what_is_missing(tmp_path, capsys, monkeypatch):

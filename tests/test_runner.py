@@ -200,7 +200,7 @@ def test_a_second_writer_of_a_run_directory_is_refused(tmp_path, test_registry):
 
 
 def test_unknown_category_is_one_line_before_any_work(tmp_path, test_registry):
-    with pytest.raises(UserError, match=r"categories: \['bottle'\] not available; available: stripes, weave"):
+    with pytest.raises(UserError, match=r"categories: bottle not available; available: stripes, weave"):
         run(suite_doc({"pg": {"plugin": "pixel_gaussian"}}, ["bottle"]), tmp_path / "run", test_registry)
 
 

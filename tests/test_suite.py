@@ -207,8 +207,11 @@ def test_overrides_reach_entries_written_without_a_value():
 def test_override_errors(registry):
     with pytest.raises(UserError, match="expected KEY=VALUE"):
         parse_override("categories")
-    with pytest.raises(UserError, match="--set colour: unknown key"):
+    with pytest.raises(UserError, match=r"^--set colour: unknown key \(a method's parameter is methods.NAME.params.colour, "
+                                        r"NAME one of: pg\); shorthands: categories, image_size, backbone, "):
         apply_overrides(base_doc(), [("colour", 1)], {})
+    with pytest.raises(UserError, match=r"^--set catgories: unknown key \(did you mean categories\?\)"):
+        apply_overrides(base_doc(), [("catgories", "disc")], {})
 
 
 def test_data_roots_set_root_of_matching_plugin():

@@ -209,3 +209,7 @@ def test_time_and_memory_are_shown_even_when_the_suite_lists_only_quality_metric
     assert list(wide.columns) == ["method", "dataset", "category", "seed", "pixel AUROC %", "fit s",
                                   "inference s/image", "peak RSS GB"]
     assert list(wide.iloc[0])[4:] == ["90.0", "12", "0.5", "1.25"]
+    spec = TableSpec(cell=["pixel_auroc"])
+    text = render_markdown(long_table(frame, spec, {}), spec, {}, [],
+                           measurement_table(frame, measured_metrics(frame, ["pixel_auroc"])))
+    assert "each count it in full (what each would cost alone)" in text
