@@ -26,9 +26,10 @@ from __future__ import annotations
 import math
 from collections import deque
 from collections.abc import Callable, Iterable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -401,6 +402,21 @@ def check_inverse(covariances: np.ndarray, factors: np.ndarray, positions: list[
             )
 
 
+T = TypeVar("T")
+
+
+class InlineExecutor(Executor):
+    """Runs each submitted call at once in the caller's thread (``concurrent.futures`` has no such executor)."""
+
+    def submit(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> Future[T]:
+        future: Future[T] = Future()
+        try:
+            future.set_result(fn(*args, **kwargs))
+        except BaseException as exc:  # noqa: BLE001 - handed to whoever reads the result, as a pool would
+            future.set_exception(exc)
+        return future
+
+
 @dataclass
 class FactorJob:
     """One chunk of positions whose covariances and factors a worker thread is making: stored, checked and, after
@@ -443,19 +459,23 @@ class PatchGaussian:
         for a descheduled sibling thread (measured 4x slower for Lite0's 3136 x 176-dim fit at 2 threads). The
         cores are used instead by worker threads, one per torch thread, each making one chunk's covariances and
         factors (numpy and LAPACK release the GIL), while this thread stores them in order (Lite0-all176 on bottle,
-        2 threads, quiet machine: 4.1 s -> 2.7 s).
+        2 threads, quiet machine: 4.1 s -> 2.7 s). Only for streamed (small) statistics: worker threads allocate
+        from malloc arenas of their own, which raised WR50-Rd550's fit peak from 2.99 to 3.08 GB, so large
+        statistics, where memory is the budget, are factored in this thread.
         """
         threads = torch.get_num_threads()
+        workers = threads if isinstance(moments, StreamingMoments) else 1
         torch.set_num_threads(1)
         try:
-            with threadpool_limits(1, user_api="blas"), ThreadPoolExecutor(threads) as pool:
-                return cls._from_moments(moments, eps, projection, pool, threads)
+            with threadpool_limits(1, user_api="blas"), \
+                    (ThreadPoolExecutor(workers) if workers > 1 else InlineExecutor()) as pool:
+                return cls._from_moments(moments, eps, projection, pool, workers)
         finally:
             torch.set_num_threads(threads)
 
     @classmethod
     def _from_moments(cls, moments: Moments, eps: float, projection: torch.Tensor | None,
-                      pool: ThreadPoolExecutor, workers: int) -> PatchGaussian:
+                      pool: Executor, workers: int) -> PatchGaussian:
         mean = moments.mean()
         v = projection.to(torch.float64) if projection is not None else None
         if v is not None:

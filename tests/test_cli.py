@@ -137,7 +137,8 @@ def test_bad_suite_is_one_line_and_exit_2(site, tmp_path):
     result = anombench("run", str(suite), "--set", "methods.pg.params.min_sd=1", site=site, cwd=tmp_path)
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
-        f"anombench: error: {suite}: methods.pg.params.min_sd: unknown parameter; allowed: min_std"]
+        f"anombench: error: {suite} with --set methods.pg.params.min_sd=1: methods.pg.params.min_sd: unknown "
+        "parameter; allowed: min_std"]
 
 
 def test_help_explains_with_examples(site, tmp_path):
