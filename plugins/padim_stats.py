@@ -459,9 +459,9 @@ class PatchGaussian:
         for a descheduled sibling thread (measured 4x slower for Lite0's 3136 x 176-dim fit at 2 threads). The
         cores are used instead by worker threads, one per torch thread, each making one chunk's covariances and
         factors (numpy and LAPACK release the GIL), while this thread stores them in order (Lite0-all176 on bottle,
-        2 threads: 1.45x faster, 4.1 -> 2.8 s and 5.1 -> 3.5 s in two runs). Only for streamed (small) statistics: worker threads allocate
-        from malloc arenas of their own, which raised WR50-Rd550's fit peak from 2.99 to 3.08 GB, so large
-        statistics, where memory is the budget, are factored in this thread.
+        2 threads: 1.45x faster, 4.1 -> 2.8 s and 5.1 -> 3.5 s in two runs). Only for streamed (small)
+        statistics: worker threads allocate from malloc arenas of their own, which raised WR50-Rd550's fit peak
+        from 2.99 to 3.08 GB, so large statistics, where memory is the budget, are factored in this thread.
         """
         threads = torch.get_num_threads()
         workers = threads if isinstance(moments, StreamingMoments) else 1
