@@ -34,6 +34,7 @@ Conventions (kept in one place so every plugin agrees):
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Literal, Protocol, Sequence, TypeVar, runtime_checkable
@@ -116,9 +117,16 @@ class Resources:
     def infer_seconds_per_image(self) -> float:
         return self.infer_seconds / self.n_test if self.n_test else float("nan")
 
+    def to_record(self) -> dict[str, Any]:
+        """A cells.jsonl line's ``resources``: every figure, ``extra`` flattened in, and null where one was not
+        measured (NaN is not strict JSON)."""
+        figures = {key: value for key, value in vars(self).items() if key != "extra"} | self.extra
+        return {key: None if isinstance(value, float) and not math.isfinite(value) else value
+                for key, value in figures.items()}
+
     @classmethod
     def from_record(cls, measured: dict[str, Any]) -> "Resources":
-        """Back from a cells.jsonl line's ``resources`` (null: not measured; other keys: ``extra``)."""
+        """Back from ``to_record``'s form (null: not measured; other keys: ``extra``)."""
         known = {f.name for f in dataclasses.fields(cls)} - {"extra"}
         values = {key: float("nan") if value is None else value for key, value in measured.items() if key in known}
         return cls(**values, extra={key: value for key, value in measured.items() if key not in known})

@@ -353,8 +353,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--device", default="auto", help="auto (GPU if there is one), cpu, cuda or cuda:N")
     run.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: picked from the machine)")
     run.add_argument("--executor", choices=["local", "dask", "inprocess"], default="local",
-                     help="where cells run: local (the default: each job in a child process of its own, so a crash ends only its "
-                          "cells), dask, or inprocess (no isolation: a crash ends the run; for a debugger or profiler)")
+                     help="where cells run: local (the default: each job in a child process of its own, so a crash "
+                          "ends only its cells), dask, or inprocess (no isolation: a crash ends the run; for a "
+                          "debugger or profiler)")
     run.add_argument("--jobs", type=int, default=1, help="local executor: parallel worker processes")
     run.add_argument("--scheduler", help="dask executor: scheduler address tcp://HOST:PORT (default: a LocalCluster)")
     run.add_argument("--cell-timeout", type=float, metavar="SECONDS",

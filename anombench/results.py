@@ -20,7 +20,6 @@ files only here, in ``RunStore.add``.
 from __future__ import annotations
 
 import json
-import math
 import os
 import tempfile
 from dataclasses import dataclass, field
@@ -75,14 +74,12 @@ class CellResult:
 
     def to_record(self) -> dict[str, Any]:
         """The cells.jsonl line (keys as documented in the README's result format)."""
-        resources = self.resources
-        measured = {k: finite_or_none(v) for k, v in (vars(resources) | resources.extra).items() if k != "extra"}
         record = {
             "cell": self.cell, "method": self.method, "plugin": self.plugin, "params": self.params,
             "label": self.label, "substituted": self.substituted, "dataset": self.dataset,
             "category": self.category, "family": self.family, "seed": self.seed, "status": self.status,
             "error": self.error, "traceback": self.traceback, "shared_features_with": self.shared_features_with,
-            "resources": measured,
+            "resources": self.resources.to_record(),
             "metrics": self.metrics, "undefined": self.undefined, "finished_at": self.finished_at,
         }
         if self.metric_error_bounds:
@@ -90,11 +87,6 @@ class CellResult:
         if self.intervals:
             record["intervals"] = self.intervals
         return record | self.extra
-
-
-def finite_or_none(value: Any) -> Any:
-    """A figure as strict JSON holds it: NaN or infinity (not measured) becomes null."""
-    return None if isinstance(value, float) and not math.isfinite(value) else value
 
 
 def cell_dirname(cell: str) -> str:

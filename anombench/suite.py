@@ -23,9 +23,9 @@ import copy
 import dataclasses
 import difflib
 import hashlib
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from collections.abc import Sequence
 from typing import Annotated, Any, Callable
 
 import yaml

@@ -493,18 +493,22 @@ class PatchGaussian:
             return cov, whitening_factor(cov)
 
         checked = set(np.linspace(0, moments.positions - 1, INVERSE_CHECK_POSITIONS).round().astype(int).tolist())
-        pending: deque[FactorJob] = deque()  # chunks in flight, oldest first: at most one per worker
+        pending: deque[FactorJob] = deque()  # chunks in flight, oldest first
+        ahead = workers if workers > 1 else 0  # chunks left in flight: one queued per worker; inline: none
+
+        def store_until(left: int) -> None:
+            """Store the oldest chunks, in order, until ``left`` are in flight."""
+            while len(pending) > left:
+                pending.popleft().store(moments, whiteners, checked)
+
         for group, chunk in moments.chunks(max(dim, moments.dim)):
-            if group == len(whiteners):  # the groups before are stored and released first, so that this one's
-                while pending:           # factors take the place of their statistics, not come on top of them
-                    pending.popleft().store(moments, whiteners, checked)
+            if group == len(whiteners):
+                store_until(0)  # the groups before are released first: this one's factors take their place
                 size = moments.groups[group].stop - moments.groups[group].start
                 whiteners.append(LowerRowBlocks.zeros(size, dim, torch.float32, mean.device))
             pending.append(FactorJob(group, chunk, pool.submit(factor, group, chunk)))
-            while len(pending) > (workers if workers > 1 else 0):  # a chunk queued per worker; inline: none
-                pending.popleft().store(moments, whiteners, checked)
-        while pending:
-            pending.popleft().store(moments, whiteners, checked)
+            store_until(ahead)
+        store_until(0)
         return cls(mean.to(torch.float32), whiteners)
 
     @property
